@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// Copyright (c) 2026 bpfd.core contributors
+/*
+ * The bpfd.core linked dispatcher (see DESIGN.md, "The dispatcher: linked,
+ * not freplace").
+ *
+ * Only the two entry functions are used at run time. tools/build_dispatcher.py
+ * compiles this file and records each entry function's instructions, where it
+ * calls a slot and where it reads CONFIG; plugins/module_utils/_linker.py then
+ * points every slot call at a member program placed after the entry function
+ * as a bpf-to-bpf subprogram. The slot stubs below exist only so that clang
+ * emits a real call (ctx in r1, verdict in r0) for each slot; they are never
+ * loaded.
+ *
+ * CONFIG is filled per dispatcher and handed to the kernel as the value of a
+ * 1-entry array map created with BPF_F_RDONLY_PROG and frozen. The verifier
+ * then reads every field as a constant: slots past num_slots become dead code
+ * and are removed before JIT, so an unused slot costs nothing.
+ */
+#include <stddef.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_SLOTS 10
+
+struct dispatcher_config {
+	__u32 num_slots;		/* members in use, 0..MAX_SLOTS */
+	__u32 proceed_on[MAX_SLOTS];	/* per slot: bit set = run the next slot */
+};
+
+/* volatile: clang must keep every read as a load instead of folding the
+ * zero initialiser; const: it lands in .rodata, which we replace by our map. */
+volatile const struct dispatcher_config CONFIG = {};
+
+/*
+ * Layout of CONFIG as the compiler laid it out, read from the object file by
+ * tools/build_dispatcher.py so the Python side never hard-codes it. Never
+ * loaded into the kernel.
+ */
+const __u32 config_layout[] SEC(".bpfd.layout") = {
+	sizeof(struct dispatcher_config),
+	offsetof(struct dispatcher_config, num_slots),
+	offsetof(struct dispatcher_config, proceed_on),
+	MAX_SLOTS,
+};
+
+/*
+ * A slot stub must use ctx and return a value clang cannot predict: otherwise
+ * clang could drop the argument or fold the result at the call site, and the
+ * member put in its place would not get ctx in r1 or have its verdict used.
+ */
+#define SLOT_STUB(name, ctx_type)				\
+	static __attribute__((noinline)) int name(ctx_type *ctx)	\
+	{							\
+		volatile int ret = 0;				\
+		if (!ctx)					\
+			return -1;				\
+		return ret;					\
+	}
+
+#define XDP_STUBS(i) SLOT_STUB(xdp_slot_##i, struct xdp_md)
+#define TC_STUBS(i) SLOT_STUB(tc_slot_##i, struct __sk_buff)
+XDP_STUBS(0) XDP_STUBS(1) XDP_STUBS(2) XDP_STUBS(3) XDP_STUBS(4)
+XDP_STUBS(5) XDP_STUBS(6) XDP_STUBS(7) XDP_STUBS(8) XDP_STUBS(9)
+TC_STUBS(0) TC_STUBS(1) TC_STUBS(2) TC_STUBS(3) TC_STUBS(4)
+TC_STUBS(5) TC_STUBS(6) TC_STUBS(7) TC_STUBS(8) TC_STUBS(9)
+
+/*
+ * Run slot i, then stop with its verdict unless the verdict's bit is set in
+ * the slot's proceed-on mask. The XDP bit of verdict r is 1 << r (bpfd's
+ * XDP_DISPATCHER_RETVAL 31 is bit 31).
+ */
+#define XDP_SLOT(i)						\
+	if (CONFIG.num_slots <= i)				\
+		return XDP_PASS;				\
+	ret = xdp_slot_##i(ctx);				\
+	if (!((1U << ret) & CONFIG.proceed_on[i]))		\
+		return ret;
+
+SEC("xdp")
+int xdp_dispatcher(struct xdp_md *ctx)
+{
+	int ret;
+
+	XDP_SLOT(0) XDP_SLOT(1) XDP_SLOT(2) XDP_SLOT(3) XDP_SLOT(4)
+	XDP_SLOT(5) XDP_SLOT(6) XDP_SLOT(7) XDP_SLOT(8) XDP_SLOT(9)
+	return XDP_PASS;
+}
+
+/*
+ * TC verdicts start at TC_ACT_UNSPEC (-1), so the bit of verdict r is
+ * 1 << (r + 1): UNSPEC is bit 0, OK bit 1, ..., bpfd's dispatcher_return 30
+ * is bit 31.
+ *
+ * Falling off the end returns TC_ACT_OK, as bpfd's tc_dispatcher does
+ * ("out: return TC_ACT_OK;"): the packet goes on to the stack, and under tcx
+ * TC_ACT_OK is TCX_PASS.
+ */
+#define TC_SLOT(i)						\
+	if (CONFIG.num_slots <= i)				\
+		return TC_ACT_OK;				\
+	ret = tc_slot_##i(skb);					\
+	if (!((1U << (ret + 1)) & CONFIG.proceed_on[i]))	\
+		return ret;
+
+SEC("tc")
+int tc_dispatcher(struct __sk_buff *skb)
+{
+	int ret;
+
+	TC_SLOT(0) TC_SLOT(1) TC_SLOT(2) TC_SLOT(3) TC_SLOT(4)
+	TC_SLOT(5) TC_SLOT(6) TC_SLOT(7) TC_SLOT(8) TC_SLOT(9)
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,58 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # Options every program module shares (identity, bytecode origin, metadata).
+    DOCUMENTATION = r"""
+options:
+  name:
+    description:
+      - The program's identity on the managed host, unique per host.
+      - Required with O(state=present). With O(state=absent) give O(name) or O(id).
+    type: str
+  state:
+    description:
+      - V(present) loads the program (or updates it in place); V(absent) unloads it.
+    type: str
+    choices: [present, absent]
+    default: present
+  id:
+    description:
+      - Kernel program id of a managed program to unload, as C(bpfctl unload ID) takes it.
+      - Only with O(state=absent).
+    type: int
+  path:
+    description:
+      - Path of the BPF ELF object on the managed host.
+      - Mutually exclusive with O(src).
+    type: path
+  src:
+    description:
+      - Path of the BPF ELF object on the controller. The action plugin ships it to the host,
+        where it is kept in the bytecode store C(/var/lib/bpfd/bytecode/<sha256>.o).
+      - Mutually exclusive with O(path).
+    type: path
+  bpf_function_name:
+    description:
+      - Name of the function inside the object to load.
+      - Defaults to the only program of the right type in the object; an object with several
+        needs this option.
+    type: str
+  metadata:
+    description:
+      - Free-form key/value pairs stored with the program and usable as a filter by
+        M(bpfd.core.bpf_program_info).
+    type: dict
+    default: {}
+requirements:
+  - Linux with BPF, bpffs and bpf_link support (kernel 5.9 or later).
+  - libbpf 1.0 or later (C(libbpf.so.1)) on the managed host.
+  - pyroute2 for the Python interpreter running the module on the managed host.
+notes:
+  - Modules run as root on the managed host (use C(become)).
+  - Run-time state is kept in C(/run/bpfd), pins in C(/sys/fs/bpf/bpfd); both last until reboot.
+"""

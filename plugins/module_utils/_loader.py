@@ -1,0 +1,149 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""ELF object -> loaded program: choose the function, load it standalone
+through libbpf, and keep what a later rebuild of a dispatcher needs
+(final instructions + which instruction carries which map, by map id)."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
+from ansible_collections.bpfd.core.plugins.module_utils import _member
+from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+
+ELF_MAGIC = b"\x7fELF"
+MAP_PIN_MODE = 0o660
+MAP_PIN_GROUP = "bpfd"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_object_file(path: str) -> None:
+    """Refuse what libbpf would refuse, with a sentence instead of an errno."""
+    if not os.path.exists(path):
+        raise BpfdError("bytecode file %s does not exist on the managed host" % path, path=path)
+    if not os.path.isfile(path):
+        raise BpfdError("bytecode path %s is not a regular file" % path, path=path)
+    with open(path, "rb") as handle:
+        if handle.read(4) != ELF_MAGIC:
+            raise BpfdError("%s is not an ELF object file (compile it with clang -target bpf)"
+                            % path, path=path)
+
+
+@dataclass
+class LoadedProgram:
+    """A program loaded standalone; its object stays open until closed."""
+
+    obj: libbpf.BpfObject
+    function: str
+    section: str
+    prog_type: int
+    fd: int
+    prog_id: int
+    insns: bytes
+    relocs: list = field(default_factory=list)
+    maps: dict = field(default_factory=dict)  # name -> {"id", "internal"}
+    frags: bool = False
+
+    def close(self) -> None:
+        self.obj.close()
+
+
+def _choose(programs: list[libbpf.Program], function: str | None,
+            prog_types: Iterable[int], kind: str, path: str) -> libbpf.Program:
+    wanted = set(prog_types)
+    fitting = [p for p in programs if p.prog_type in wanted]
+    if function:
+        named = [p for p in programs if p.name == function]
+        if not named:
+            raise BpfdError("function %s not found in %s; it has: %s"
+                            % (function, path, ", ".join(p.name for p in programs) or "no programs"))
+        if named[0].prog_type not in wanted:
+            raise BpfdError("function %s in %s is a %s program (section %s), not %s"
+                            % (function, path, named[0].type_name, named[0].section, kind))
+        return named[0]
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
+        raise BpfdError("%s holds no %s program (it has: %s)" % (
+            path, kind, ", ".join("%s (%s)" % (p.name, p.type_name) for p in programs) or "none"))
+    raise BpfdError("%s holds several %s programs (%s): set bpf_function_name"
+                    % (path, kind, ", ".join(p.name for p in fitting)))
+
+
+def load_program(path: str, *, function: str | None, prog_types: Iterable[int], kind: str,
+                 map_pin_dir: str) -> LoadedProgram:
+    """Open, select one function, load it alone; the caller pins and closes."""
+    check_object_file(path)
+    obj = libbpf.BpfObject(path, pin_root_path=map_pin_dir)
+    try:
+        programs = obj.programs()
+        chosen = _choose(programs, function, prog_types, kind, path)
+        for prog in programs:
+            prog.set_autoload(prog is chosen)
+        obj.load()
+        insns = chosen.instructions()
+        maps = {}
+        fd_to_id = {}
+        for bpf_map in obj.maps():
+            if bpf_map.fd < 0:
+                continue
+            info = libbpf.map_info(bpf_map.fd)
+            maps[bpf_map.name] = {"id": info["id"], "internal": bpf_map.is_internal,
+                                  "pinned_by_object": bool(bpf_map.pin_path)}
+            fd_to_id[bpf_map.fd] = info["id"]
+        return LoadedProgram(
+            obj=obj, function=chosen.name, section=chosen.section, prog_type=chosen.prog_type,
+            fd=chosen.fd, prog_id=libbpf.prog_info(chosen.fd)["id"], insns=insns,
+            relocs=_member.map_relocations(insns, fd_to_id), maps=maps,
+            frags=bool(chosen.flags & libbpf.BPF_F_XDP_HAS_FRAGS))
+    except BpfdError as exc:
+        obj.close()
+        if "loading the BPF object" in exc.msg:
+            raise BpfdError("the kernel refused %s from %s: %s" % (function or kind, path, exc.msg),
+                            **exc.details)
+        raise
+    except BaseException:
+        obj.close()
+        raise
+
+
+def pin_program(loaded: LoadedProgram, pin_path: str) -> None:
+    os.makedirs(os.path.dirname(pin_path), mode=0o750, exist_ok=True)
+    libbpf.obj_pin(loaded.fd, pin_path)
+
+
+def _bpfd_gid() -> int | None:
+    with contextlib.suppress(KeyError):
+        return grp.getgrnam(MAP_PIN_GROUP).gr_gid
+    return None
+
+
+def pin_maps(loaded: LoadedProgram, map_dir: str) -> None:
+    """Pin every map but global-data ones at <map_dir>/<map>, 0660 group bpfd."""
+    os.makedirs(map_dir, mode=0o750, exist_ok=True)
+    gid = _bpfd_gid()
+    for bpf_map in loaded.obj.maps():
+        if bpf_map.is_internal or bpf_map.fd < 0:
+            continue
+        path = os.path.join(map_dir, bpf_map.name)
+        if bpf_map.pin_path != path:
+            libbpf.obj_pin(bpf_map.fd, path)
+        os.chmod(path, MAP_PIN_MODE)
+        if gid is not None:
+            os.chown(path, 0, gid)
+    if gid is not None:
+        os.chown(map_dir, 0, gid)

@@ -1,0 +1,519 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The program manager: present / absent / list for dispatcher-chained programs.
+
+One call per module run. Every mutation happens under the host lock, after a
+reconcile of the recorded state with what the kernel and bpffs hold. Kernel
+changes register an undo step as they go; if a later step fails the undo steps
+run in reverse, so bad input leaves the host exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ansible_collections.bpfd.core.plugins.module_utils import _attach_xdp
+from ansible_collections.bpfd.core.plugins.module_utils import _dispatcher
+from ansible_collections.bpfd.core.plugins.module_utils import _facts
+from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
+from ansible_collections.bpfd.core.plugins.module_utils import _loader
+from ansible_collections.bpfd.core.plugins.module_utils import _member
+from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+from ansible_collections.bpfd.core.plugins.module_utils import _proceed_on
+from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+from ansible_collections.bpfd.core.plugins.module_utils._state import (
+    Layout, StateStore, ensure_bpffs, remove_pin, remove_pin_tree,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+HOOK_PROG_TYPES = {"xdp": (libbpf.PROG_TYPE_XDP,)}
+LONG_LOCK_WAIT = 1.0
+
+
+@dataclass
+class ProgramSpec:
+    """What a task declares about one chained program."""
+
+    name: str
+    kind: str
+    path: str
+    interface: str
+    priority: int
+    proceed_on: list | None = None
+    function: str | None = None
+    mode: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+def hook_key(kind: str, ifindex: int) -> str:
+    return "%s_%d" % (kind, ifindex)
+
+
+class _Undo:
+    """Kernel steps taken so far, and how to take each back."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
+
+    def add(self, step: Callable[[], None]) -> None:
+        self._steps.append(step)
+
+    def run(self) -> None:
+        while self._steps:
+            with contextlib.suppress(Exception):
+                self._steps.pop()()
+
+    def forget(self) -> None:
+        self._steps.clear()
+
+
+class Manager:
+    def __init__(self, layout: Layout | None = None) -> None:
+        self.layout = layout or Layout()
+
+    # --- public operations ------------------------------------------------
+
+    def present(self, spec: ProgramSpec, check_mode: bool = False) -> dict:
+        proceed_on = self._validate(spec)
+        _loader.check_object_file(spec.path)
+        sha256 = _loader.file_sha256(spec.path)
+        ifindex = _netlink.interface_index(spec.interface)
+        key = hook_key(spec.kind, ifindex)
+        with self._session(check_mode) as (store, notes):
+            old = store.programs.get(spec.name)
+            if old is not None and old["kind"] != spec.kind:
+                raise BpfdError("a %s program named %s already exists; names are unique per host"
+                                % (old["kind"], spec.name))
+            new = self._record(spec, proceed_on, sha256, ifindex, key, old)
+            reload = old is None or old["sha256"] != sha256 or (
+                spec.function is not None and spec.function != old["bpf_function_name"])
+            affected = [key] + ([old["hook"]] if old and old["hook"] != key else [])
+            mode = self._hook_mode(store, key, spec, old)
+            before = self._chains(store, affected)
+            changes = self._changes(old, new, reload)
+            if not changes:
+                return self._result(store, spec.name, False, before, before, notes)
+            after_programs = dict(store.programs)
+            after_programs[spec.name] = new
+            for hook in affected:
+                self._check_capacity(after_programs, hook)
+            if check_mode:
+                predicted = self._predicted(store, after_programs, affected, key, mode, new)
+                return self._result(predicted, spec.name, True, before,
+                                    self._chains(predicted, affected), notes, changes=changes)
+            self._apply(store, spec, new, old, reload, affected, mode)
+            return self._result(store, spec.name, True, before, self._chains(store, affected), notes,
+                                changes=changes)
+
+    def absent(self, name: str | None = None, prog_id: int | None = None,
+               check_mode: bool = False) -> dict:
+        with self._session(check_mode) as (store, notes):
+            if name is None:
+                name = next((n for n, r in store.programs.items() if r["prog_id"] == prog_id), None)
+                if name is None:
+                    raise BpfdError("no program managed by bpfd.core has kernel id %s" % prog_id)
+            record = store.programs.get(name)
+            if record is None:
+                return {"changed": False, "program": None, "chain": [], "reconciled": notes,
+                        "diff": {"before": {}, "after": {}}}
+            before = self._chains(store, [record["hook"]])
+            if not check_mode:
+                self._remove(store, name)
+            after_store = store if not check_mode else self._without(store, name)
+            result = self._result(after_store, None, True, before,
+                                  self._chains(after_store, [record["hook"]]), notes)
+            result["program"] = _facts.program_facts(record, None, None, kernel=False)
+            return result
+
+    def list(self, *, name: str | None = None, prog_id: int | None = None, kind: str | None = None,
+             interface: str | None = None, metadata: dict | None = None,
+             include_unmanaged: bool = False) -> dict:
+        with self._session(check_mode=True) as (store, notes):
+            programs = []
+            for rec_name in sorted(store.programs):
+                record = store.programs[rec_name]
+                facts = _facts.program_facts(record, self._position(store, rec_name),
+                                             store.hooks.get(record["hook"]))
+                if _facts.matches(facts, name=name, prog_id=prog_id, kind=kind,
+                                  interface=interface, metadata=metadata):
+                    programs.append(facts)
+            if include_unmanaged:
+                programs.extend(_facts.unmanaged_programs(store, prog_id=prog_id, kind=kind,
+                                                          filtered=bool(name or interface or metadata)))
+            return {"changed": False, "programs": programs, "reconciled": notes}
+
+    # --- the session: lock, reconcile, save -------------------------------
+
+    @contextlib.contextmanager
+    def _session(self, check_mode: bool) -> Iterator[tuple[StateStore, list]]:
+        if not check_mode:
+            ensure_bpffs(self.layout)
+        store = StateStore(self.layout)
+        with store.locked():
+            notes = self._reconcile(store, dry=check_mode)
+            if store.lock_wait_seconds >= LONG_LOCK_WAIT:
+                notes.append("waited %.1f s for another bpfd.core run to release the host lock"
+                             % store.lock_wait_seconds)
+            yield store, notes
+            if not check_mode:
+                store.save()
+
+    # --- planning -----------------------------------------------------------
+
+    def _validate(self, spec: ProgramSpec) -> list:
+        if not NAME_RE.match(spec.name or ""):
+            raise BpfdError("name %r is not valid: use 1-63 letters, digits, '_', '.' or '-', "
+                            "starting with a letter or digit" % spec.name)
+        _proceed_on.check_priority(spec.priority)
+        if spec.mode is not None and spec.mode not in _attach_xdp.MODES:
+            raise BpfdError("xdp_mode must be one of %s" % ", ".join(_attach_xdp.MODES))
+        return _proceed_on.normalize(spec.kind, spec.proceed_on)
+
+    def _record(self, spec: ProgramSpec, proceed_on: list, sha256: str, ifindex: int, key: str,
+                old: dict | None) -> dict:
+        record = dict(old or {})
+        record.update({
+            "name": spec.name, "kind": spec.kind, "path": spec.path, "sha256": sha256,
+            "interface": spec.interface, "ifindex": ifindex, "hook": key,
+            "priority": spec.priority, "proceed_on": proceed_on,
+            "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
+        })
+        if spec.function is not None:
+            record["bpf_function_name"] = spec.function
+        return record
+
+    @staticmethod
+    def _changes(old: dict | None, new: dict, reload: bool) -> list:
+        if old is None:
+            return ["loaded"]
+        changes = ["bytecode"] if reload else []
+        for key in ("interface", "priority", "proceed_on", "metadata", "path", "requested_mode"):
+            if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
+                changes.append(key)
+        return changes
+
+    def _hook_mode(self, store: StateStore, key: str, spec: ProgramSpec, old: dict | None) -> str | None:
+        hook = store.hooks.get(key)
+        others = [n for n in (hook or {}).get("members", []) if n != spec.name]
+        if hook is None or not others:
+            return spec.mode
+        if spec.mode is not None and spec.mode != hook["mode"]:
+            raise BpfdError(
+                "interface %s already runs its XDP dispatcher in %s mode (programs: %s); "
+                "all programs on one interface share the mode: use xdp_mode: %s or omit it"
+                % (spec.interface, hook["mode"], ", ".join(others), hook["mode"]))
+        return hook["mode"]
+
+    @staticmethod
+    def _members(programs: dict, key: str) -> list:
+        return _proceed_on.order([r for r in programs.values() if r["hook"] == key])
+
+    def _check_capacity(self, programs: dict, key: str) -> None:
+        members = self._members(programs, key)
+        if len(members) > _proceed_on.MAX_MEMBERS:
+            raise BpfdError("at most %d programs can share one attach point; %s would have %d (%s)"
+                            % (_proceed_on.MAX_MEMBERS, members[0]["interface"], len(members),
+                               ", ".join(m["name"] for m in members)))
+
+    def _predicted(self, store: StateStore, programs: dict, affected: list, key: str,
+                   mode: str | None, new: dict) -> StateStore:
+        predicted = copy.copy(store)
+        predicted.data = copy.deepcopy(store.data)
+        predicted.data["programs"] = programs
+        for hook in affected:
+            members = [m["name"] for m in self._members(programs, hook)]
+            if members:
+                entry = predicted.hooks.setdefault(hook, {"kind": new["kind"], "ifindex": new["ifindex"],
+                                                          "interface": new["interface"], "mode": mode})
+                entry["members"] = members
+            else:
+                predicted.hooks.pop(hook, None)
+        return predicted
+
+    def _without(self, store: StateStore, name: str) -> StateStore:
+        programs = {n: r for n, r in store.programs.items() if n != name}
+        record = store.programs[name]
+        return self._predicted(store, programs, [record["hook"]], record["hook"],
+                               store.hooks.get(record["hook"], {}).get("mode"), record)
+
+    # --- acting ----------------------------------------------------------------
+
+    def _apply(self, store: StateStore, spec: ProgramSpec, new: dict, old: dict | None,
+               reload: bool, affected: list, mode: str | None) -> None:
+        undo = _Undo()
+        loaded = None
+        retired_pin = old["prog_pin"] if (old and reload) else None
+        try:
+            if reload:
+                loaded = self._load_member(spec, new, undo)
+            programs = dict(store.programs)
+            programs[spec.name] = new
+            for key in affected:
+                self._sync_hook(store, programs, key, mode, loaded, undo)
+            store.data["programs"] = programs
+            store.save()
+            undo.forget()
+            if retired_pin:
+                remove_pin(retired_pin)
+            if loaded is not None:
+                self._repin_maps(spec.name, loaded)
+        except BaseException:
+            undo.run()
+            raise
+        finally:
+            if loaded is not None:
+                loaded.close()
+
+    def _load_member(self, spec: ProgramSpec, record: dict, undo: _Undo) -> _loader.LoadedProgram:
+        map_dir = self.layout.map_dir(spec.name)
+        existing = set(_listdir(map_dir))
+        undo.add(lambda: _remove_new_entries(map_dir, existing))
+        loaded = _loader.load_program(spec.path, function=spec.function,
+                                      prog_types=HOOK_PROG_TYPES[spec.kind], kind=spec.kind,
+                                      map_pin_dir=map_dir)
+        try:
+            pin = os.path.join(self.layout.program_dir(spec.name), "prog_%d" % loaded.prog_id)
+            _loader.pin_program(loaded, pin)
+        except BaseException:
+            loaded.close()
+            raise
+        undo.add(lambda: remove_pin(pin))
+        record.update({
+            "bpf_function_name": loaded.function, "section": loaded.section,
+            "prog_id": loaded.prog_id, "prog_pin": pin, "insns": _member.encode(loaded.insns),
+            "relocs": loaded.relocs, "maps": loaded.maps, "frags": loaded.frags,
+            "map_pin_path": map_dir,
+        })
+        return loaded
+
+    def _repin_maps(self, name: str, loaded: _loader.LoadedProgram) -> None:
+        map_dir = self.layout.map_dir(name)
+        for entry in os.listdir(map_dir) if os.path.isdir(map_dir) else []:
+            if entry not in loaded.maps or not loaded.maps[entry]["pinned_by_object"]:
+                remove_pin(os.path.join(map_dir, entry))
+        _loader.pin_maps(loaded, map_dir)
+
+    def _sync_hook(self, store: StateStore, programs: dict, key: str, mode: str | None,
+                   loaded: _loader.LoadedProgram | None, undo: _Undo) -> None:
+        """Make the kernel's hook match `programs`: build, then attach or swap."""
+        members = self._members(programs, key)
+        hook = store.hooks.get(key)
+        if hook is not None and mode is not None and mode != hook["mode"]:
+            # Only a sole member may change the mode (see _hook_mode); the
+            # kernel cannot move a link between modes, so re-attach.
+            self._detach(store, key)
+            hook = None
+        if not members:
+            if hook is not None:
+                self._detach(store, key)
+            return
+        with self._dispatcher_fd(members, loaded) as disp_fd:
+            if hook is None:
+                hook = self._attach(store, key, members[0], disp_fd, mode, undo)
+            else:
+                self._swap(hook, disp_fd, undo)
+            hook["dispatcher_id"] = libbpf.prog_info(disp_fd)["id"]
+        hook["members"] = [m["name"] for m in members]
+        hook["revision"] = hook.get("revision", 0) + 1
+
+    @contextlib.contextmanager
+    def _dispatcher_fd(self, members: list, loaded: _loader.LoadedProgram | None) -> Iterator[int]:
+        with contextlib.ExitStack() as stack:
+            codes = []
+            for member in members:
+                if loaded is not None and member.get("prog_id") == loaded.prog_id:
+                    codes.append(loaded.insns)
+                else:
+                    codes.append(stack.enter_context(_member.resolved(member)))
+            masks = [_proceed_on.mask(m["kind"], m["proceed_on"]) for m in members]
+            fd = _dispatcher.load(members[0]["kind"], codes, masks,
+                                  frags=all(m.get("frags") for m in members),
+                                  member_names=[m["name"] for m in members])
+            stack.callback(libbpf.close_fd, fd)
+            yield fd
+
+    def _attach(self, store: StateStore, key: str, first: dict, disp_fd: int, mode: str | None,
+                undo: _Undo) -> dict:
+        foreign = _attach_xdp.foreign_program(first["ifindex"])
+        if foreign:
+            raise BpfdError(
+                "interface %s already has XDP program %s (id %d, %s mode) that bpfd.core did not "
+                "attach (%s); remove it first, bpfd.core never replaces it"
+                % (first["interface"], foreign["name"] or "?", foreign["id"], foreign["mode"],
+                   foreign["owner"]), foreign_program=foreign)
+        link_fd, used_mode = _attach_xdp.attach(disp_fd, first["ifindex"], mode)
+        with libbpf.owned_fd(link_fd):
+            pin = os.path.join(self.layout.hook_dir(key), "link")
+            os.makedirs(os.path.dirname(pin), mode=0o750, exist_ok=True)
+            libbpf.obj_pin(link_fd, pin)
+            undo.add(lambda: remove_pin_tree(os.path.dirname(pin)))
+            link_id = libbpf.link_info(link_fd)["id"]
+        hook = {"kind": first["kind"], "ifindex": first["ifindex"], "interface": first["interface"],
+                "mode": used_mode, "link_pin": pin, "link_id": link_id, "revision": 0}
+        store.hooks[key] = hook
+        undo.add(lambda: store.hooks.pop(key, None))
+        return hook
+
+    @staticmethod
+    def _swap(hook: dict, disp_fd: int, undo: _Undo) -> None:
+        with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as link_fd:
+            previous_id = libbpf.link_info(link_fd)["prog_id"]
+            previous_fd = libbpf.prog_fd_by_id(previous_id)
+            libbpf.link_update(link_fd, disp_fd)
+
+        def swap_back() -> None:
+            with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as fd:
+                libbpf.link_update(fd, previous_fd)
+        undo.add(lambda: libbpf.close_fd(previous_fd))
+        undo.add(swap_back)
+
+    def _detach(self, store: StateStore, key: str) -> None:
+        hook = store.hooks.pop(key)
+        # The pin is the link's only reference: unpinning it detaches.
+        remove_pin_tree(os.path.dirname(hook["link_pin"]))
+
+    def _remove(self, store: StateStore, name: str) -> None:
+        record = store.programs[name]
+        programs = {n: r for n, r in store.programs.items() if n != name}
+        undo = _Undo()
+        try:
+            self._sync_hook(store, programs, record["hook"], None, None, undo)
+        except BaseException:
+            undo.run()
+            raise
+        store.data["programs"] = programs
+        store.save()
+        remove_pin_tree(self.layout.program_dir(name))
+        remove_pin_tree(self.layout.map_dir(name))
+
+    # --- reconcile ---------------------------------------------------------------
+
+    def _reconcile(self, store: StateStore, dry: bool) -> list:
+        """Converge the record with the kernel; say what was found."""
+        notes: list = []
+        for name, record in list(store.programs.items()):
+            if not os.path.exists(record.get("prog_pin", "")):
+                notes.append("program %s: its pin %s vanished; dropped from the record"
+                             % (name, record.get("prog_pin")))
+                del store.programs[name]
+        for key, hook in list(store.hooks.items()):
+            current = _netlink.interface_name(hook["ifindex"])
+            if current is None:
+                members = [n for n in hook["members"] if n in store.programs]
+                notes.append("interface %s (ifindex %d) is gone; its programs were unloaded: %s"
+                              % (hook["interface"], hook["ifindex"], ", ".join(members) or "none"))
+                for member in members:
+                    del store.programs[member]
+                    if not dry:
+                        remove_pin_tree(self.layout.program_dir(member))
+                        remove_pin_tree(self.layout.map_dir(member))
+                store.hooks.pop(key)
+                if not dry:
+                    remove_pin_tree(self.layout.hook_dir(key))
+                continue
+            if current != hook["interface"]:
+                hook["interface"] = current
+                for member in hook["members"]:
+                    if member in store.programs:
+                        store.programs[member]["interface"] = current
+            if not dry:
+                self._repair_hook(store, key, hook, notes)
+        if not dry:
+            self._remove_unrecorded_pins(store, notes)
+        return notes
+
+    def _repair_hook(self, store: StateStore, key: str, hook: dict, notes: list) -> None:
+        members = [m["name"] for m in self._members(store.programs, key)]
+        live_prog_id = None
+        try:
+            with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as link_fd:
+                info = libbpf.link_info(link_fd)
+                live_prog_id = info["prog_id"] if info["target"] else None
+        except BpfdError:
+            pass
+        if members == hook["members"] and live_prog_id == hook.get("dispatcher_id"):
+            return
+        notes.append("%s: the kernel did not match the record (dispatcher %s, recorded %s, members "
+                     "%s); rebuilt" % (key, live_prog_id, hook.get("dispatcher_id"), ", ".join(members)))
+        if live_prog_id is None:
+            store.hooks.pop(key)
+            remove_pin_tree(self.layout.hook_dir(key))
+        undo = _Undo()
+        self._sync_hook(store, store.programs, key, hook.get("mode"), None, undo)
+        undo.forget()
+
+    def _remove_unrecorded_pins(self, store: StateStore, notes: list) -> None:
+        expected = {
+            self.layout.programs_dir: {n: {os.path.basename(r["prog_pin"])} for n, r in store.programs.items()},
+            self.layout.hooks_dir: {k: {"link"} for k in store.hooks},
+        }
+        for top, wanted in expected.items():
+            for entry in _listdir(top):
+                path = os.path.join(top, entry)
+                if entry not in wanted:
+                    notes.append("removed %s: no recorded program or hook owns it" % path)
+                    remove_pin_tree(path)
+                    continue
+                for leaf in _listdir(path):
+                    if leaf not in wanted[entry]:
+                        notes.append("removed %s: a leftover of an interrupted run" % os.path.join(path, leaf))
+                        remove_pin_tree(os.path.join(path, leaf))
+        for entry in _listdir(self.layout.maps_dir):
+            if entry not in store.programs:
+                notes.append("removed %s: no recorded program owns these maps"
+                             % os.path.join(self.layout.maps_dir, entry))
+                remove_pin_tree(os.path.join(self.layout.maps_dir, entry))
+
+    # --- results -------------------------------------------------------------
+
+    def _position(self, store: StateStore, name: str) -> int | None:
+        record = store.programs[name]
+        names = [m["name"] for m in self._members(store.programs, record["hook"])]
+        return names.index(name) if name in names else None
+
+    def _chains(self, store: StateStore, keys: list) -> dict:
+        chains = {}
+        for key in keys:
+            hook = store.hooks.get(key)
+            members = self._members(store.programs, key)
+            if hook is None and not members:
+                continue
+            chains[key] = _facts.chain_view(hook, members)
+        return chains
+
+    def _result(self, store: StateStore, name: str | None, changed: bool, before: dict, after: dict,
+                notes: list, changes: list | None = None) -> dict:
+        result = {"changed": changed, "reconciled": notes,
+                  "diff": {"before": _facts.diff_text(before), "after": _facts.diff_text(after)}}
+        if changes:
+            result["changes"] = changes
+        if name is not None:
+            record = store.programs[name]
+            hook = store.hooks.get(record["hook"])
+            result["program"] = _facts.program_facts(record, self._position(store, name), hook,
+                                                     kernel="prog_id" in record)
+            result["chain"] = [_facts.program_facts(m, i, hook, kernel="prog_id" in m)
+                               for i, m in enumerate(self._members(store.programs, record["hook"]))]
+        return result
+
+
+def _remove_new_entries(directory: str, existing: set) -> None:
+    for entry in _listdir(directory):
+        if entry not in existing:
+            remove_pin_tree(os.path.join(directory, entry))
+    if not existing:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+def _listdir(path: str) -> list:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,69 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What every bpfd.core module shares: argument specs and the one place where
+library errors become ``fail_json`` (modules stay thin shells)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import traceback
+from typing import Any, Callable
+
+from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+from ansible_collections.bpfd.core.plugins.module_utils._loader import check_object_file, file_sha256
+from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
+
+PROGRAM_ARGS = dict(
+    name=dict(type="str"),
+    state=dict(type="str", default="present", choices=["present", "absent"]),
+    id=dict(type="int"),
+    path=dict(type="path"),
+    src=dict(type="path"),
+    bpf_function_name=dict(type="str"),
+    metadata=dict(type="dict", default={}),
+)
+
+PROGRAM_ARG_RULES = dict(
+    mutually_exclusive=[("path", "src"), ("name", "id")],
+    required_one_of=[("name", "id")],
+    required_if=[("state", "present", ("name",)), ("state", "present", ("path", "src"), True)],
+)
+
+
+def run(module: Any, operation: Callable[[], dict], needs_pyroute2: bool = True) -> None:
+    """Call into module_utils once; turn its errors into a clean failure."""
+    if needs_pyroute2 and not _netlink.HAS_PYROUTE2:
+        from ansible.module_utils.basic import missing_required_lib
+        module.fail_json(msg=missing_required_lib("pyroute2"))
+    try:
+        result = operation()
+    except BpfdError as exc:
+        module.fail_json(msg=exc.msg, **exc.details)
+    except Exception as exc:  # a bug of ours: say so, with the traceback
+        module.fail_json(msg="unexpected error in bpfd.core: %s" % exc, exception=traceback.format_exc())
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+def bytecode_path(params: dict, check_mode: bool, layout: Layout | None = None) -> str:
+    """The host path to load: `path` as given, or `src` kept in the bytecode store."""
+    if params.get("path"):
+        return params["path"]
+    shipped = params["src"]
+    check_object_file(shipped)
+    store = (layout or Layout()).bytecode_dir
+    kept = os.path.join(store, "%s.o" % file_sha256(shipped))
+    if not check_mode and not os.path.exists(kept):
+        os.makedirs(store, mode=0o750, exist_ok=True)
+        tmp = kept + ".tmp"
+        shutil.copyfile(shipped, tmp)
+        os.rename(tmp, kept)
+    return kept if os.path.exists(kept) else shipped
+
+
+def metadata(params: dict) -> dict:
+    return {str(k): str(v) for k, v in (params.get("metadata") or {}).items()}

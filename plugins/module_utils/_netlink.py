@@ -1,0 +1,64 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Everything that talks to rtnetlink, through pyroute2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+
+try:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    HAS_PYROUTE2 = True
+except ImportError:  # the module reports missing_required_lib("pyroute2")
+    IPRoute = None
+    NetlinkError = OSError
+    HAS_PYROUTE2 = False
+
+
+def _ipr() -> Any:
+    if not HAS_PYROUTE2:
+        raise BpfdError("the Python library pyroute2 is required on the managed host "
+                        "(pip install pyroute2, or run the bpfd.core.bpfd_host role)")
+    return IPRoute()
+
+
+def _link(ipr: Any, **selector: Any) -> Any | None:
+    try:
+        found = ipr.link("get", **selector)
+    except NetlinkError:
+        return None
+    return found[0] if found else None
+
+
+def interface_index(name: str) -> int:
+    """The ifindex of an interface in the module's network namespace."""
+    with _ipr() as ipr:
+        link = _link(ipr, ifname=name)
+    if link is None:
+        raise BpfdError("interface %s does not exist on this host" % name, interface=name)
+    return int(link["index"])
+
+
+def interface_name(ifindex: int) -> str | None:
+    """The current name of an ifindex, or None when the interface is gone."""
+    with _ipr() as ipr:
+        link = _link(ipr, index=ifindex)
+    return None if link is None else link.get_attr("IFLA_IFNAME")
+
+
+def xdp_attachment(ifindex: int) -> dict:
+    """What the kernel has attached at the interface's XDP hook."""
+    with _ipr() as ipr:
+        link = _link(ipr, index=ifindex)
+    xdp = link.get_attr("IFLA_XDP") if link is not None else None
+    if xdp is None:
+        return {"mode": None, "prog_id": None}
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED")
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID")
+    if not attached or attached == "none" or attached == 0:
+        return {"mode": None, "prog_id": None}
+    return {"mode": attached, "prog_id": prog_id}

@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Compile files/dispatcher.bpf.c and write plugins/module_utils/_dispatcher_bytecode.py.
+
+Managed hosts have no compiler, so the dispatcher ships as data: for each hook
+kind, the entry function's instructions, which instruction calls which slot,
+which ld_imm64 reads the configuration (and at what offset), and the
+configuration's layout. The slot stubs in .text are not recorded: the linker
+points every slot call at a member program (or at a shared stub of its own).
+
+    python tools/build_dispatcher.py           # regenerate the module
+    python tools/build_dispatcher.py --check   # exit 1 if the committed module is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "files" / "dispatcher.bpf.c"
+OUTPUT = ROOT / "plugins" / "module_utils" / "_dispatcher_bytecode.py"
+CLANG_FLAGS = ["-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c"]
+
+# hook kind -> (program section, entry function, slot stub name pattern)
+KINDS = {
+    "xdp": ("xdp", "xdp_dispatcher", re.compile(r"^xdp_slot_(\d+)$")),
+    "tc": ("tc", "tc_dispatcher", re.compile(r"^tc_slot_(\d+)$")),
+}
+CONFIG_SYMBOL = "CONFIG"
+LAYOUT_SECTION = ".bpfd.layout"
+
+
+def _load_insn_codec():
+    """plugins/module_utils/_insn.py, imported by path (stdlib-only file)."""
+    path = ROOT / "plugins" / "module_utils" / "_insn.py"
+    spec = importlib.util.spec_from_file_location("_bpfd_insn", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+insn = _load_insn_codec()
+
+
+class BuildError(Exception):
+    pass
+
+
+# --- a small ELF64 little-endian reader -------------------------------------
+
+EM_BPF = 247
+SHT_SYMTAB = 2
+SHT_REL = 9
+STT_SECTION = 3
+R_BPF_64_64 = 1  # ld_imm64
+R_BPF_64_32 = 10  # call imm
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_REL = struct.Struct("<QQ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    type: int
+    offset: int
+    size: int
+    link: int
+    info: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Symbol:
+    name: str
+    type: int
+    shndx: int
+    value: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Reloc:
+    offset: int
+    type: int
+    symbol: Symbol
+
+
+def _cstring(table: bytes, offset: int) -> str:
+    return table[offset:table.index(b"\0", offset)].decode("ascii")
+
+
+class Elf:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        ident, _type, machine, *_rest = _EHDR.unpack_from(data)
+        if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+            raise BuildError("not a little-endian ELF64 file")
+        if machine != EM_BPF:
+            raise BuildError("not a BPF object (e_machine %d)" % machine)
+        self.sections = self._read_sections()
+        self.symbols = self._read_symbols()
+
+    def _read_sections(self) -> list[Section]:
+        fields = _EHDR.unpack_from(self.data)
+        shoff, shentsize, shnum, shstrndx = fields[6], fields[11], fields[12], fields[13]
+        raw = [_SHDR.unpack_from(self.data, shoff + i * shentsize) for i in range(shnum)]
+        names = self._bytes_at(raw[shstrndx][4], raw[shstrndx][5])
+        return [
+            Section(i, _cstring(names, h[0]), h[1], h[4], h[5], h[6], h[7])
+            for i, h in enumerate(raw)
+        ]
+
+    def _bytes_at(self, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+    def _read_symbols(self) -> list[Symbol]:
+        symtab = self.section_by_type(SHT_SYMTAB)
+        strtab = self.contents(self.sections[symtab.link])
+        raw = self.contents(symtab)
+        symbols = []
+        for offset in range(0, len(raw), _SYM.size):
+            name, info, _other, shndx, value, size = _SYM.unpack_from(raw, offset)
+            if info & 0xF == STT_SECTION:
+                name_text = self.sections[shndx].name
+            else:
+                name_text = _cstring(strtab, name)
+            symbols.append(Symbol(name_text, info & 0xF, shndx, value, size))
+        return symbols
+
+    def section_by_type(self, sh_type: int) -> Section:
+        for section in self.sections:
+            if section.type == sh_type:
+                return section
+        raise BuildError("no section of type %d" % sh_type)
+
+    def section(self, name: str) -> Section:
+        for section in self.sections:
+            if section.name == name:
+                return section
+        raise BuildError("no section %r" % name)
+
+    def contents(self, section: Section) -> bytes:
+        return self._bytes_at(section.offset, section.size)
+
+    def symbol(self, name: str) -> Symbol:
+        for symbol in self.symbols:
+            if symbol.name == name:
+                return symbol
+        raise BuildError("no symbol %r" % name)
+
+    def relocations_for(self, target: Section) -> list[Reloc]:
+        relocs = []
+        for section in self.sections:
+            if section.type == SHT_REL and section.info == target.index:
+                raw = self.contents(section)
+                for offset in range(0, len(raw), _REL.size):
+                    r_offset, r_info = _REL.unpack_from(raw, offset)
+                    relocs.append(Reloc(r_offset, r_info & 0xFFFFFFFF, self.symbols[r_info >> 32]))
+        return relocs
+
+
+# --- from the object to templates -------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ConfigLayout:
+    size: int
+    num_slots_offset: int
+    masks_offset: int
+    max_slots: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    kind: str
+    entry: str
+    insns: bytes
+    slot_calls: tuple[tuple[int, int], ...]
+    config_loads: tuple[tuple[int, int], ...]
+    layout: ConfigLayout
+
+
+def read_layout(elf: Elf) -> ConfigLayout:
+    raw = elf.contents(elf.section(LAYOUT_SECTION))
+    layout = ConfigLayout(*struct.unpack("<4I", raw))
+    config = elf.symbol(CONFIG_SYMBOL)
+    if config.size != layout.size:
+        raise BuildError("CONFIG is %d bytes, layout says %d" % (config.size, layout.size))
+    return layout
+
+
+def _slot_of_call(elf: Elf, reloc: Reloc, call: insn.Insn, stub_name: re.Pattern) -> int:
+    """The slot number of the stub a relocated call reaches (libbpf's rule:
+    target = symbol value / 8 + imm + 1, inside .text)."""
+    text = elf.section(".text")
+    if reloc.symbol.shndx != text.index:
+        raise BuildError("call relocation against %r outside .text" % reloc.symbol.name)
+    target = reloc.symbol.value + (call.imm + 1) * insn.INSN_SIZE
+    for symbol in elf.symbols:
+        if symbol.shndx == text.index and symbol.value == target and stub_name.match(symbol.name):
+            return int(stub_name.match(symbol.name).group(1))
+    raise BuildError("call at byte %d does not reach a slot stub" % reloc.offset)
+
+
+def _config_offset(elf: Elf, reloc: Reloc, load: insn.Insn, layout: ConfigLayout) -> int:
+    """Offset into CONFIG an ld_imm64 reads (libbpf's rule: symbol value + imm)."""
+    config = elf.symbol(CONFIG_SYMBOL)
+    if reloc.symbol.shndx != config.shndx:
+        raise BuildError("ld_imm64 relocation against %r, not CONFIG" % reloc.symbol.name)
+    offset = reloc.symbol.value + load.imm - config.value
+    if not 0 <= offset < layout.size:
+        raise BuildError("ld_imm64 reads outside CONFIG (offset %d)" % offset)
+    return offset
+
+
+def _check_unrelocated(raw: bytes, relocated: set[int]) -> None:
+    """Every ld_imm64 and non-helper call must be one we understood."""
+    for index, ins in insn.iter_insns(raw):
+        special = insn.is_ld_imm64(ins) or (insn.is_call(ins) and not insn.is_helper_call(ins))
+        if special and index not in relocated:
+            raise BuildError("instruction %d is a call or ld_imm64 the tool cannot place" % index)
+
+
+def read_template(elf: Elf, kind: str, layout: ConfigLayout) -> Template:
+    section_name, entry, stub_name = KINDS[kind]
+    section = elf.section(section_name)
+    symbol = elf.symbol(entry)
+    if symbol.shndx != section.index or symbol.value != 0 or symbol.size != section.size:
+        raise BuildError("section %r must hold %s() alone" % (section_name, entry))
+    raw = elf.contents(section)
+    slot_calls, config_loads = [], []
+    for reloc in elf.relocations_for(section):
+        index = reloc.offset // insn.INSN_SIZE
+        ins = insn.Insn.decode(raw, index)
+        if reloc.type == R_BPF_64_32 and insn.is_pseudo_call(ins):
+            slot_calls.append((index, _slot_of_call(elf, reloc, ins, stub_name)))
+        elif reloc.type == R_BPF_64_64 and insn.is_ld_imm64(ins):
+            config_loads.append((index, _config_offset(elf, reloc, ins, layout)))
+        else:
+            raise BuildError("unexpected relocation type %d at byte %d" % (reloc.type, reloc.offset))
+    _check_unrelocated(raw, {i for i, _ in slot_calls + config_loads})
+    if sorted(slot for _, slot in slot_calls) != list(range(layout.max_slots)):
+        raise BuildError("%s() must call each of the %d slots once" % (entry, layout.max_slots))
+    return Template(kind, entry, raw, tuple(sorted(slot_calls)), tuple(sorted(config_loads)), layout)
+
+
+# --- the generated module ---------------------------------------------------
+
+HEADER = '''\
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The compiled dispatcher entry functions (source: files/dispatcher.bpf.c).
+
+GENERATED by tools/build_dispatcher.py -- do not edit. After changing the
+source run ``python tools/build_dispatcher.py`` and commit both; the unit
+tests run it with ``--check``.
+
+Per hook kind: ``insns`` (hex, one 8-byte slot per line), ``slot_calls``
+((instruction index, slot), ...) -- bpf-to-bpf calls the linker points at
+members, ``config_loads`` ((instruction index, offset into the config), ...)
+-- ld_imm64 that must read the frozen config map, and the config layout.
+"""
+
+from __future__ import annotations
+
+'''
+
+
+def _insn_lines(template: Template) -> list[str]:
+    calls = dict(template.slot_calls)
+    loads = dict(template.config_loads)
+    lines = []
+    for index in range(len(template.insns) // insn.INSN_SIZE):
+        chunk = template.insns[index * insn.INSN_SIZE:(index + 1) * insn.INSN_SIZE]
+        note = ""
+        if index in calls:
+            note = " call slot %d" % calls[index]
+        elif index in loads:
+            note = " config + %d" % loads[index]
+        lines.append('            "%s"  # %d%s' % (chunk.hex(), index, note))
+    return lines
+
+
+def _pairs(pairs: tuple[tuple[int, int], ...]) -> str:
+    return repr(tuple(pairs))
+
+
+def _template_source(template: Template) -> list[str]:
+    layout = template.layout
+    return [
+        '    "%s": {' % template.kind,
+        '        "entry": "%s",' % template.entry,
+        '        "insns": (',
+        *_insn_lines(template),
+        "        ),",
+        '        "slot_calls": %s,' % _pairs(template.slot_calls),
+        '        "config_loads": %s,' % _pairs(template.config_loads),
+        '        "config_size": %d,' % layout.size,
+        '        "num_slots_offset": %d,' % layout.num_slots_offset,
+        '        "masks_offset": %d,' % layout.masks_offset,
+        '        "max_slots": %d,' % layout.max_slots,
+        "    },",
+    ]
+
+
+def render(templates: list[Template], source_sha256: str, clang_version: str) -> str:
+    lines = [
+        'SOURCE_SHA256 = "%s"' % source_sha256,
+        'CLANG_VERSION = "%s"' % clang_version,
+        "",
+        "TEMPLATES = {",
+    ]
+    for template in templates:
+        lines += _template_source(template)
+    lines.append("}")
+    return HEADER + "\n".join(lines) + "\n"
+
+
+# --- driver -----------------------------------------------------------------
+
+def clang_version(clang: str) -> str:
+    output = subprocess.run([clang, "--version"], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"clang version (\d+\.\d+\.\d+)", output)
+    if not match:
+        raise BuildError("cannot read the clang version from: %s" % output.splitlines()[0])
+    return match.group(1)
+
+
+def compile_source(clang: str, source: Path, workdir: Path) -> bytes:
+    obj = workdir / "dispatcher.bpf.o"
+    result = subprocess.run(
+        [clang, *CLANG_FLAGS, str(source), "-o", str(obj)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise BuildError("clang failed:\n%s" % result.stderr)
+    return obj.read_bytes()
+
+
+def build(clang: str, source: Path) -> str:
+    with tempfile.TemporaryDirectory(prefix="bpfd-dispatcher-") as workdir:
+        elf = Elf(compile_source(clang, source, Path(workdir)))
+    layout = read_layout(elf)
+    templates = [read_template(elf, kind, layout) for kind in KINDS]
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    return render(templates, sha256, clang_version(clang))
+
+
+def check(generated: str, output: Path) -> int:
+    current = output.read_text() if output.exists() else ""
+    if current == generated:
+        print("%s is up to date" % output)
+        return 0
+    diff = difflib.unified_diff(
+        current.splitlines(True), generated.splitlines(True), str(output), "rebuilt"
+    )
+    sys.stdout.writelines(list(diff)[:80])
+    print("\n%s is stale: run tools/build_dispatcher.py and commit the result" % output)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    parser.add_argument("--clang", default="clang", help="clang binary (default: clang)")
+    parser.add_argument("--source", type=Path, default=SOURCE)
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    try:
+        generated = build(args.clang, args.source)
+    except BuildError as error:
+        print("error: %s" % error, file=sys.stderr)
+        return 2
+    if args.check:
+        return check(generated, args.output)
+    args.output.write_text(generated)
+    print("wrote %s" % args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
