@@ -59,23 +59,35 @@ const __u32 config_layout[] SEC(".bpfd.layout") = {
 		return ret;					\
 	}
 
-#define XDP_STUBS(i) SLOT_STUB(xdp_slot_##i, struct xdp_md)
-#define TC_STUBS(i) SLOT_STUB(tc_slot_##i, struct __sk_buff)
-XDP_STUBS(0) XDP_STUBS(1) XDP_STUBS(2) XDP_STUBS(3) XDP_STUBS(4)
-XDP_STUBS(5) XDP_STUBS(6) XDP_STUBS(7) XDP_STUBS(8) XDP_STUBS(9)
-TC_STUBS(0) TC_STUBS(1) TC_STUBS(2) TC_STUBS(3) TC_STUBS(4)
-TC_STUBS(5) TC_STUBS(6) TC_STUBS(7) TC_STUBS(8) TC_STUBS(9)
+#define XDP_STUB(i) SLOT_STUB(xdp_slot_##i, struct xdp_md)
+#define TC_STUB(i) SLOT_STUB(tc_slot_##i, struct __sk_buff)
+XDP_STUB(0) XDP_STUB(1) XDP_STUB(2) XDP_STUB(3) XDP_STUB(4)
+XDP_STUB(5) XDP_STUB(6) XDP_STUB(7) XDP_STUB(8) XDP_STUB(9)
+TC_STUB(0) TC_STUB(1) TC_STUB(2) TC_STUB(3) TC_STUB(4)
+TC_STUB(5) TC_STUB(6) TC_STUB(7) TC_STUB(8) TC_STUB(9)
+
+/*
+ * Whether bit `bit` is set in `mask`. A verdict whose bit would fall outside
+ * the 32-bit mask always stops the chain: without the bound, the shift would
+ * be undefined in C, and the BPF shift (count taken modulo 64) would map
+ * e.g. XDP verdict 66 onto bit 2. 64-bit operands spare clang a truncation
+ * of the result after each shift (two instructions per slot).
+ */
+static __always_inline int proceeds(__u64 bit, __u64 mask)
+{
+	return bit < 32 && ((mask >> bit) & 1);
+}
 
 /*
  * Run slot i, then stop with its verdict unless the verdict's bit is set in
- * the slot's proceed-on mask. The XDP bit of verdict r is 1 << r (bpfd's
+ * the slot's proceed-on mask. The XDP bit of verdict r is bit r (bpfd's
  * XDP_DISPATCHER_RETVAL 31 is bit 31).
  */
 #define XDP_SLOT(i)						\
 	if (CONFIG.num_slots <= i)				\
 		return XDP_PASS;				\
 	ret = xdp_slot_##i(ctx);				\
-	if (!((1U << ret) & CONFIG.proceed_on[i]))		\
+	if (!proceeds((__u32)ret, CONFIG.proceed_on[i]))	\
 		return ret;
 
 SEC("xdp")
@@ -89,9 +101,9 @@ int xdp_dispatcher(struct xdp_md *ctx)
 }
 
 /*
- * TC verdicts start at TC_ACT_UNSPEC (-1), so the bit of verdict r is
- * 1 << (r + 1): UNSPEC is bit 0, OK bit 1, ..., bpfd's dispatcher_return 30
- * is bit 31.
+ * TC verdicts start at TC_ACT_UNSPEC (-1), so the bit of verdict r is bit
+ * r + 1: UNSPEC is bit 0, OK bit 1, ..., bpfd's dispatcher_return 30 is
+ * bit 31.
  *
  * Falling off the end returns TC_ACT_OK, as bpfd's tc_dispatcher does
  * ("out: return TC_ACT_OK;"): the packet goes on to the stack, and under tcx
@@ -101,7 +113,7 @@ int xdp_dispatcher(struct xdp_md *ctx)
 	if (CONFIG.num_slots <= i)				\
 		return TC_ACT_OK;				\
 	ret = tc_slot_##i(skb);					\
-	if (!((1U << (ret + 1)) & CONFIG.proceed_on[i]))	\
+	if (!proceeds((__u32)ret + 1, CONFIG.proceed_on[i]))	\
 		return ret;
 
 SEC("tc")
