@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026 bpfd.core contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -61,7 +60,7 @@ def build_xdp_pass(outdir: pathlib.Path) -> str:
 
 def ns_per_packet(fd: int, rounds: int, repeat: int) -> float:
     packet = bytes(64)
-    return min(libbpf.prog_test_run(fd, packet, repeat)[1] for _ in range(rounds))
+    return min(libbpf.prog_test_run(fd, packet, repeat)[1] for _round in range(rounds))
 
 
 def bench_dispatcher(obj: str, rounds: int, repeat: int) -> dict:
@@ -85,7 +84,9 @@ def bench_dispatcher(obj: str, rounds: int, repeat: int) -> dict:
 def scratch_veth():
     tag = uuid.uuid4().hex[:6]
     name, peer, netns = "bpfdb%s" % tag, "bpfdq%s" % tag, "bpfd-bench-%s" % tag
-    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True)  # noqa: E731
+    def run(*argv: str) -> None:
+        subprocess.run(list(argv), check=True, capture_output=True)
+
     run("ip", "netns", "add", netns)
     try:
         run("ip", "link", "add", name, "type", "veth", "peer", "name", peer)
@@ -93,8 +94,8 @@ def scratch_veth():
         run("ip", "link", "set", name, "up")
         yield name
     finally:
-        subprocess.run(["ip", "link", "del", name], capture_output=True)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
 
 
 def timed(fn) -> float:

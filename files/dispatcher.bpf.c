@@ -6,11 +6,17 @@
  *
  * Only the two entry functions are used at run time. tools/build_dispatcher.py
  * compiles this file and records each entry function's instructions, where it
- * calls a slot and where it reads CONFIG; plugins/module_utils/_linker.py then
- * points every slot call at a member program placed after the entry function
- * as a bpf-to-bpf subprogram. The slot stubs below exist only so that clang
- * emits a real call (ctx in r1, verdict in r0) for each slot; they are never
- * loaded.
+ * calls a slot, where it reads CONFIG and which callee-saved registers it
+ * keeps across the slot calls; plugins/module_utils/_linker.py then replaces
+ * every slot call by the main body of a member program (inlined: its exits
+ * become jumps to the instruction after it), or, when that cannot be done,
+ * points the call at the member placed after the entry function as a
+ * bpf-to-bpf subprogram. The slot stubs below exist only so that clang emits
+ * a real call (ctx in r1, verdict in r0) for each slot; they are never loaded.
+ *
+ * An inlined member may write any of r6..r9 the entry does not keep across
+ * the slot calls, so the entry must keep as few as possible there: only ctx
+ * (r6). That is why the mask is read through config_after_call() below.
  *
  * CONFIG is filled per dispatcher and handed to the kernel as the value of a
  * 1-entry array map created with BPF_F_RDONLY_PROG and frozen. The verifier
@@ -67,6 +73,22 @@ TC_STUB(0) TC_STUB(1) TC_STUB(2) TC_STUB(3) TC_STUB(4)
 TC_STUB(5) TC_STUB(6) TC_STUB(7) TC_STUB(8) TC_STUB(9)
 
 /*
+ * CONFIG's address, loaded afresh where this is called. clang would otherwise
+ * keep the address from before a slot call in a callee-saved register (r7)
+ * and read the slot's mask through it after the call; an inlined member that
+ * writes r7 would then break the dispatcher. An asm ld_imm64 cannot be merged
+ * with another or moved across the call, so nothing but ctx lives across a
+ * slot call (tools/build_dispatcher.py checks this and records the result).
+ */
+static __always_inline volatile const struct dispatcher_config *config_after_call(void)
+{
+	volatile const struct dispatcher_config *config;
+
+	asm volatile("%0 = CONFIG ll" : "=r"(config));
+	return config;
+}
+
+/*
  * Whether bit `bit` is set in `mask`. A verdict whose bit would fall outside
  * the 32-bit mask always stops the chain: without the bound, the shift would
  * be undefined in C, and the BPF shift (count taken modulo 64) would map
@@ -87,7 +109,8 @@ static __always_inline int proceeds(__u64 bit, __u64 mask)
 	if (CONFIG.num_slots <= i)				\
 		return XDP_PASS;				\
 	ret = xdp_slot_##i(ctx);				\
-	if (!proceeds((__u32)ret, CONFIG.proceed_on[i]))	\
+	if (!proceeds((__u32)ret,				\
+		      config_after_call()->proceed_on[i]))	\
 		return ret;
 
 SEC("xdp")
@@ -113,7 +136,8 @@ int xdp_dispatcher(struct xdp_md *ctx)
 	if (CONFIG.num_slots <= i)				\
 		return TC_ACT_OK;				\
 	ret = tc_slot_##i(skb);					\
-	if (!proceeds((__u32)ret + 1, CONFIG.proceed_on[i]))	\
+	if (!proceeds((__u32)ret + 1,				\
+		      config_after_call()->proceed_on[i]))	\
 		return ret;
 
 SEC("tc")

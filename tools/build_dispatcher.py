@@ -6,9 +6,16 @@
 
 Managed hosts have no compiler, so the dispatcher ships as data: for each hook
 kind, the entry function's instructions, which instruction calls which slot,
-which ld_imm64 reads the configuration (and at what offset), and the
+which ld_imm64 reads the configuration (and at what offset), which
+callee-saved registers (r6..r9) hold a value across a slot call, and the
 configuration's layout. The slot stubs in .text are not recorded: the linker
-points every slot call at a member program (or at a shared stub of its own).
+replaces every slot call by a member's inlined main body (or points it at the
+member placed as a subprogram).
+
+The linker may only inline a member whose body leaves the registers the entry
+keeps across slot calls alone (it renames them away), so this tool checks the
+entry function with a register liveness analysis, records the kept set, and
+refuses an entry that uses the stack (inlined bodies use the entry's frame).
 
     python tools/build_dispatcher.py           # regenerate the module
     python tools/build_dispatcher.py --check   # exit 1 if the committed module is stale
@@ -194,6 +201,7 @@ class Template:
     slot_calls: tuple[tuple[int, int], ...]
     config_loads: tuple[tuple[int, int], ...]
     layout: ConfigLayout
+    preserved_regs: tuple[int, ...] = ()
 
 
 def read_layout(elf: Elf) -> ConfigLayout:
@@ -238,6 +246,101 @@ def _check_unrelocated(raw: bytes, relocated: set[int]) -> None:
             raise BuildError("instruction %d is a call or ld_imm64 the tool cannot place" % index)
 
 
+# --- which registers the entry keeps across its slot calls ------------------
+
+CALLEE_SAVED = frozenset((6, 7, 8, 9))
+FRAME_POINTER = 10
+_CLASS_LD, _CLASS_LDX, _CLASS_ST, _CLASS_STX = 0x00, 0x01, 0x02, 0x03
+_CLASS_ALU, _CLASS_JMP, _CLASS_JMP32, _CLASS_ALU64 = 0x04, 0x05, 0x06, 0x07
+_SRC_X = 0x08
+_OP_JA, _OP_CALL, _OP_EXIT = 0x00, 0x80, 0x90
+_OP_NEG, _OP_MOV, _OP_END = 0x80, 0xB0, 0xD0
+_MODE_ATOMIC = 0xC0
+_BPF_FETCH, _BPF_CMPXCHG = 0x01, 0xF1
+
+
+def reads_writes(ins: Any) -> tuple[set[int], set[int]]:
+    """Registers an instruction of the entry function reads and writes.
+
+    Covers what clang emits for an entry function; anything else is refused,
+    so the liveness result can be trusted.
+    """
+    code, cls, op = ins.code, ins.code & 0x07, ins.code & 0xF0
+    if cls in (_CLASS_ALU, _CLASS_ALU64):
+        if op == _OP_END or op == _OP_NEG:
+            return {ins.dst}, {ins.dst}
+        src = {ins.src} if code & _SRC_X else set()
+        if op == _OP_MOV:
+            return src, {ins.dst}
+        return src | {ins.dst}, {ins.dst}
+    if cls in (_CLASS_JMP, _CLASS_JMP32):
+        if op == _OP_CALL and not code & _SRC_X:
+            return {1, 2, 3, 4, 5}, {0, 1, 2, 3, 4, 5}  # the calling convention
+        if op == _OP_EXIT and not code & _SRC_X:
+            return {0}, set()
+        if op == _OP_JA and not code & _SRC_X:
+            return set(), set()
+        if op not in (_OP_JA, _OP_CALL, _OP_EXIT, 0xE0):  # 0xE0: may_goto
+            return {ins.dst} | ({ins.src} if code & _SRC_X else set()), set()
+    if code == insn.OP_LD_IMM64:
+        return set(), {ins.dst}
+    if cls == _CLASS_LDX:
+        return {ins.src}, {ins.dst}
+    if cls == _CLASS_ST:
+        return {ins.dst}, set()
+    if cls == _CLASS_STX:
+        if (code & 0xE0) == _MODE_ATOMIC and ins.imm & _BPF_FETCH:
+            written = {0} if ins.imm == _BPF_CMPXCHG else {ins.src}
+            return {ins.dst, ins.src, 0}, written
+        return {ins.dst, ins.src}, set()
+    raise BuildError("opcode 0x%02x: not understood by the liveness check" % code)
+
+
+def _successors(index: int, ins: Any, count: int) -> list[int]:
+    cls, op = ins.code & 0x07, ins.code & 0xF0
+    if insn.is_ld_imm64(ins):
+        return [index + 2]
+    if cls not in (_CLASS_JMP, _CLASS_JMP32) or op == _OP_CALL:
+        return [index + 1]
+    if op == _OP_EXIT:
+        return []
+    if op == _OP_JA:
+        offset = ins.imm if cls == _CLASS_JMP32 else ins.off
+        return [index + offset + 1]
+    return [index + 1, index + ins.off + 1]
+
+
+def preserved_registers(raw: bytes, slot_calls: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """Callee-saved registers live after some slot call (read on a path from it
+    before being written): an inlined member must not change them."""
+    decoded = dict(insn.iter_insns(raw))
+    count = len(raw) // insn.INSN_SIZE
+    for index, ins in decoded.items():
+        reads, writes = reads_writes(ins)
+        if FRAME_POINTER in reads | writes:
+            raise BuildError(
+                "instruction %d uses the stack (r10): inlined members share the entry's frame,"
+                " so the entry function must use none" % index)
+        for target in _successors(index, ins, count):
+            if target not in decoded:
+                raise BuildError("instruction %d jumps to %d, not an instruction" % (index, target))
+    live_in: dict[int, frozenset[int]] = {index: frozenset() for index in decoded}
+    changed = True
+    while changed:  # backward liveness to a fixed point
+        changed = False
+        for index in sorted(decoded, reverse=True):
+            ins = decoded[index]
+            reads, writes = reads_writes(ins)
+            live_out = frozenset().union(*(live_in[t] for t in _successors(index, ins, count)))
+            new = frozenset(reads) | (live_out - writes)
+            if new != live_in[index]:
+                live_in[index], changed = new, True
+    kept: set[int] = set()
+    for index, _slot in slot_calls:
+        kept |= live_in[index + 1] & CALLEE_SAVED
+    return tuple(sorted(kept))
+
+
 def read_template(elf: Elf, kind: str, layout: ConfigLayout) -> Template:
     section_name, entry, stub_name = KINDS[kind]
     section = elf.section(section_name)
@@ -258,7 +361,11 @@ def read_template(elf: Elf, kind: str, layout: ConfigLayout) -> Template:
     _check_unrelocated(raw, {i for i, _ in slot_calls + config_loads})
     if sorted(slot for _, slot in slot_calls) != list(range(layout.max_slots)):
         raise BuildError("%s() must call each of the %d slots once" % (entry, layout.max_slots))
-    return Template(kind, entry, raw, tuple(sorted(slot_calls)), tuple(sorted(config_loads)), layout)
+    slot_calls = sorted(slot_calls)
+    preserved = preserved_registers(raw, tuple(slot_calls))
+    if preserved == tuple(sorted(CALLEE_SAVED)):
+        raise BuildError("%s() keeps all of r6..r9 across its slot calls: no member could be inlined" % entry)
+    return Template(kind, entry, raw, tuple(slot_calls), tuple(sorted(config_loads)), layout, preserved)
 
 
 # --- the generated module ---------------------------------------------------
@@ -274,9 +381,11 @@ source run ``python tools/build_dispatcher.py`` and commit both; the unit
 tests run it with ``--check``.
 
 Per hook kind: ``insns`` (hex, one 8-byte slot per line), ``slot_calls``
-((instruction index, slot), ...) -- bpf-to-bpf calls the linker points at
+((instruction index, slot), ...) -- bpf-to-bpf calls the linker replaces by
 members, ``config_loads`` ((instruction index, offset into the config), ...)
--- ld_imm64 that must read the frozen config map, and the config layout.
+-- ld_imm64 that must read the frozen config map, ``preserved_regs`` -- the
+callee-saved registers the entry keeps across slot calls (an inlined member
+must leave them alone), and the config layout. The entry uses no stack.
 """
 
 from __future__ import annotations
@@ -315,6 +424,7 @@ def _template_source(template: Template) -> list[str]:
         "        ),",
         '        "slot_calls": %s,' % _pairs(template.slot_calls),
         '        "config_loads": %s,' % _pairs(template.config_loads),
+        '        "preserved_regs": %r,' % (template.preserved_regs,),
         '        "config_size": %d,' % layout.size,
         '        "num_slots_offset": %d,' % layout.num_slots_offset,
         '        "masks_offset": %d,' % layout.masks_offset,

@@ -261,7 +261,6 @@ _captured: list[str] = []
 
 def _on_print(level: int, fmt: bytes, va_list: int) -> int:
     buf = ctypes.create_string_buffer(4096)
-    assert _libc is not None
     _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(va_list))
     if level <= 1:  # warnings and info; debug chatter is dropped
         _captured.append(buf.value.decode("utf-8", "replace"))

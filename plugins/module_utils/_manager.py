@@ -56,21 +56,36 @@ def hook_key(kind: str, ifindex: int) -> str:
 
 
 class _Undo:
-    """Kernel steps taken so far, and how to take each back."""
+    """Kernel steps taken so far, and how to take each back.
+
+    `release` callbacks free what an undo step would have needed (open fds of
+    the previous dispatcher); they run whichever way the operation ends.
+    """
 
     def __init__(self) -> None:
         self._steps: list[Callable[[], None]] = []
+        self._releases: list[Callable[[], None]] = []
 
     def add(self, step: Callable[[], None]) -> None:
         self._steps.append(step)
+
+    def release(self, callback: Callable[[], None]) -> None:
+        self._releases.append(callback)
 
     def run(self) -> None:
         while self._steps:
             with contextlib.suppress(Exception):
                 self._steps.pop()()
+        self._release_all()
 
     def forget(self) -> None:
         self._steps.clear()
+        self._release_all()
+
+    def _release_all(self) -> None:
+        while self._releases:
+            with contextlib.suppress(Exception):
+                self._releases.pop()()
 
 
 class Manager:
@@ -370,7 +385,7 @@ class Manager:
         def swap_back() -> None:
             with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as fd:
                 libbpf.link_update(fd, previous_fd)
-        undo.add(lambda: libbpf.close_fd(previous_fd))
+        undo.release(lambda: libbpf.close_fd(previous_fd))
         undo.add(swap_back)
 
     def _detach(self, store: StateStore, key: str) -> None:
@@ -384,11 +399,12 @@ class Manager:
         undo = _Undo()
         try:
             self._sync_hook(store, programs, record["hook"], None, None, undo)
+            store.data["programs"] = programs
+            store.save()
+            undo.forget()
         except BaseException:
             undo.run()
             raise
-        store.data["programs"] = programs
-        store.save()
         remove_pin_tree(self.layout.program_dir(name))
         remove_pin_tree(self.layout.map_dir(name))
 
@@ -406,8 +422,8 @@ class Manager:
             current = _netlink.interface_name(hook["ifindex"])
             if current is None:
                 members = [n for n in hook["members"] if n in store.programs]
-                notes.append("interface %s (ifindex %d) is gone; its programs were unloaded: %s"
-                              % (hook["interface"], hook["ifindex"], ", ".join(members) or "none"))
+                notes.append("interface %s (ifindex %d) is gone; its programs were unloaded: %s" % (
+                    hook["interface"], hook["ifindex"], ", ".join(members) or "none"))
                 for member in members:
                     del store.programs[member]
                     if not dry:

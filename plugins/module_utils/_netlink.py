@@ -19,7 +19,7 @@ except ImportError:  # the module reports missing_required_lib("pyroute2")
     HAS_PYROUTE2 = False
 
 
-def _ipr() -> Any:
+def ipr() -> Any:
     if not HAS_PYROUTE2:
         raise BpfdError("the Python library pyroute2 is required on the managed host "
                         "(pip install pyroute2, or run the bpfd.core.bpfd_host role)")
@@ -36,8 +36,8 @@ def _link(ipr: Any, **selector: Any) -> Any | None:
 
 def interface_index(name: str) -> int:
     """The ifindex of an interface in the module's network namespace."""
-    with _ipr() as ipr:
-        link = _link(ipr, ifname=name)
+    with ipr() as conn:
+        link = _link(conn, ifname=name)
     if link is None:
         raise BpfdError("interface %s does not exist on this host" % name, interface=name)
     return int(link["index"])
@@ -45,15 +45,15 @@ def interface_index(name: str) -> int:
 
 def interface_name(ifindex: int) -> str | None:
     """The current name of an ifindex, or None when the interface is gone."""
-    with _ipr() as ipr:
-        link = _link(ipr, index=ifindex)
+    with ipr() as conn:
+        link = _link(conn, index=ifindex)
     return None if link is None else link.get_attr("IFLA_IFNAME")
 
 
 def xdp_attachment(ifindex: int) -> dict:
     """What the kernel has attached at the interface's XDP hook."""
-    with _ipr() as ipr:
-        link = _link(ipr, index=ifindex)
+    with ipr() as conn:
+        link = _link(conn, index=ifindex)
     xdp = link.get_attr("IFLA_XDP") if link is not None else None
     if xdp is None:
         return {"mode": None, "prog_id": None}

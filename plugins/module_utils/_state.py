@@ -88,7 +88,7 @@ def ensure_bpffs(layout: Layout) -> None:
     root = os.path.dirname(layout.bpffs.rstrip("/")) or BPFFS_MAGIC_MOUNT
     if not _is_bpffs(root):
         os.makedirs(root, exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "bpf", "bpf", root], capture_output=True, text=True)
+        proc = subprocess.run(["mount", "-t", "bpf", "bpf", root], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BpfdError("bpffs is not mounted at %s and mounting it failed: %s"
                             % (root, proc.stderr.strip()))

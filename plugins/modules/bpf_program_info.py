@@ -11,7 +11,7 @@ short_description: List and inspect BPF programs managed by bpfd.core
 version_added: "0.1.0"
 description:
   - Returns the programs bpfd.core manages on the host, with the facts C(bpfctl get) shows
-    ("Bpfd State" and "Kernel State"): C(bpfctl list) and C(bpfctl get ID) in one module.
+    (its "Bpfd State" and "Kernel State"). It is C(bpfctl list) and C(bpfctl get ID) in one module.
   - Filters combine; every given filter must match.
   - With O(all=true), also lists the kernel's other BPF programs (Kernel State only), as
     C(bpfctl list --all) does.
@@ -47,7 +47,7 @@ requirements:
 seealso:
   - module: bpfd.core.bpf_xdp_program
 author:
-  - bpfd.core contributors
+  - bpfd.core contributors (@bpfd-dev)
 """
 
 EXAMPLES = r"""

@@ -58,7 +58,7 @@ seealso:
     description: The bpfctl workflow this module reproduces.
     link: https://github.com/bpfd-dev/bpfd/blob/main/docs/getting-started/tutorial.md
 author:
-  - bpfd.core contributors
+  - bpfd.core contributors (@bpfd-dev)
 """
 
 EXAMPLES = r"""
@@ -104,33 +104,107 @@ program:
   returned: success
   type: dict
   contains:
-    name: {description: The program's name (its identity)., type: str, sample: pass}
-    type: {description: Program type., type: str, sample: xdp}
-    path: {description: Object file the program was loaded from., type: str, sample: /opt/bpf/xdp_pass_kern.o}
-    sha256: {description: SHA-256 of the object file., type: str}
-    bpf_function_name: {description: Function loaded from the object., type: str, sample: pass}
-    metadata: {description: The O(metadata) given., type: dict}
-    map_pin_path: {description: Directory where the program's maps are pinned., type: str, sample: /sys/fs/bpf/bpfd/maps/pass}
-    maps_used_by: {description: Kernel ids of the programs using these maps., type: list, elements: int}
-    priority: {description: Priority in the chain., type: int, sample: 100}
-    interface: {description: Interface the program runs on., type: str, sample: vethff657c7}
-    position: {description: Position in the chain, from 0; null in check mode for a program that would be removed., type: int, sample: 0}
-    proceed_on: {description: Return codes that continue the chain., type: list, elements: str, sample: [pass, dispatcher_return]}
-    xdp_mode: {description: Attach mode of the interface's dispatcher., type: str, sample: native}
-    dispatcher_id: {description: Kernel id of the interface's dispatcher program., type: int}
-    link_id: {description: Kernel id of the bpf_link holding the dispatcher on the interface., type: int}
-    id: {description: Kernel program id (stable while the program stays loaded); null in check mode for a new program., type: int, sample: 6213}
-    kernel_name: {description: Program name as the kernel stores it (16 bytes at most)., type: str}
-    loaded_at: {description: Load time, local ISO 8601., type: str, sample: "2023-07-17T17:48:10-0400"}
-    tag: {description: Program tag (hash of its instructions)., type: str, sample: 4b9d1b2c140e87ce}
-    gpl_compatible: {description: Whether the program's license is GPL compatible., type: bool}
-    map_ids: {description: Kernel ids of the program's maps., type: list, elements: int}
-    btf_id: {description: Kernel id of the program's BTF (0 without BTF)., type: int}
-    size_translated_bytes: {description: Size of the verified, translated program., type: int, sample: 96}
-    jited: {description: Whether the program is JIT-compiled., type: bool}
-    size_jited_bytes: {description: Size of the JIT-compiled program., type: int, sample: 67}
-    kernel_allocated_memory_bytes: {description: Memory the kernel charged for the program., type: int, sample: 4096}
-    verified_insns: {description: Instructions the verifier processed., type: int, sample: 9}
+    name:
+      description: The program's name (its identity).
+      type: str
+      sample: pass
+    type:
+      description: Program type.
+      type: str
+      sample: xdp
+    path:
+      description: Object file the program was loaded from.
+      type: str
+      sample: /opt/bpf/xdp_pass_kern.o
+    sha256:
+      description: SHA-256 of the object file.
+      type: str
+    bpf_function_name:
+      description: Function loaded from the object.
+      type: str
+      sample: pass
+    metadata:
+      description: The O(metadata) given.
+      type: dict
+    map_pin_path:
+      description: Directory where the program's maps are pinned.
+      type: str
+      sample: /sys/fs/bpf/bpfd/maps/pass
+    maps_used_by:
+      description: Kernel ids of the programs using these maps.
+      type: list
+      elements: int
+    priority:
+      description: Priority in the chain.
+      type: int
+      sample: 100
+    interface:
+      description: Interface the program runs on.
+      type: str
+      sample: vethff657c7
+    position:
+      description: "Position in the chain, from 0; null in check mode for a program that would be removed."
+      type: int
+      sample: 0
+    proceed_on:
+      description: Return codes that continue the chain.
+      type: list
+      elements: str
+      sample: [pass, dispatcher_return]
+    xdp_mode:
+      description: Attach mode of the interface's dispatcher.
+      type: str
+      sample: native
+    dispatcher_id:
+      description: Kernel id of the interface's dispatcher program.
+      type: int
+    link_id:
+      description: Kernel id of the bpf_link holding the dispatcher on the interface.
+      type: int
+    id:
+      description: Kernel program id (stable while the program stays loaded); null in check mode for a new program.
+      type: int
+      sample: 6213
+    kernel_name:
+      description: Program name as the kernel stores it (16 bytes at most).
+      type: str
+    loaded_at:
+      description: "Load time, local ISO 8601."
+      type: str
+      sample: "2023-07-17T17:48:10-0400"
+    tag:
+      description: Program tag (hash of its instructions).
+      type: str
+      sample: 4b9d1b2c140e87ce
+    gpl_compatible:
+      description: Whether the program's license is GPL compatible.
+      type: bool
+    map_ids:
+      description: Kernel ids of the program's maps.
+      type: list
+      elements: int
+    btf_id:
+      description: Kernel id of the program's BTF (0 without BTF).
+      type: int
+    size_translated_bytes:
+      description: "Size of the verified, translated program."
+      type: int
+      sample: 96
+    jited:
+      description: Whether the program is JIT-compiled.
+      type: bool
+    size_jited_bytes:
+      description: Size of the JIT-compiled program.
+      type: int
+      sample: 67
+    kernel_allocated_memory_bytes:
+      description: Memory the kernel charged for the program.
+      type: int
+      sample: 4096
+    verified_insns:
+      description: Instructions the verifier processed.
+      type: int
+      sample: 9
 chain:
   description: Every program on the interface, in the order they run, with the same facts as RV(program).
   returned: when O(state=present)

@@ -11,9 +11,11 @@ import json
 import pathlib
 import re
 import shutil
+import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 import uuid
 
@@ -105,10 +107,11 @@ def ip_link_xdp(ifname: str) -> dict:
     return link.get("xdp", {})
 
 
-def xdp_links(ifindex: int) -> list:
-    """bpf_links of type xdp on this ifindex (bpftool link show)."""
-    return [link for link in bpftool_json("link", "show") or []
-            if link.get("type") == "xdp" and link.get("ifindex") == ifindex]
+def xdp_links_running(prog_id: int) -> list:
+    """Ids of the xdp bpf_links that run this program (bpftool link show;
+    bpftool 7.1 prints no ifindex for xdp links, so match by program)."""
+    return [link["id"] for link in bpftool_json("link", "show") or []
+            if link.get("type") == "xdp" and link.get("prog_id") == prog_id]
 
 
 def prog_exists(prog_id: int) -> bool:
@@ -127,6 +130,21 @@ def wait_gone(exists, obj_id: int, timeout: float = 3.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def own_prog_fds() -> dict:
+    """{fd: program id} for every BPF program fd this process holds open."""
+    held = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + fd) != "anon_inode:bpf-prog":
+                continue
+            for line in pathlib.Path("/proc/self/fdinfo/" + fd).read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    held[int(fd)] = int(line.split()[1])
+        except OSError:
+            continue
+    return held
 
 
 def prog_map_ids(prog_id: int) -> list:
@@ -228,16 +246,22 @@ def quiet(veth) -> None:
     sh("ip", "-n", veth.netns, "link", "set", veth.peer, "down")
 
 
-def peer_mac(veth) -> str:
-    link = json.loads(sh("ip", "-n", veth.netns, "-j", "link", "show", "dev", veth.peer).stdout)[0]
-    return link["address"]
+def _mac(netns, ifname: str) -> str:
+    prefix = ["ip", "-n", netns] if netns else ["ip"]
+    return json.loads(sh(*prefix, "-j", "link", "show", "dev", ifname).stdout)[0]["address"]
 
 
 def pin_neighbour(veth) -> None:
-    """A permanent ARP entry for the peer: ping then needs no ARP reply
-    (some members drop or abort non-IP frames)."""
-    sh("ip", "neigh", "replace", veth.peer_ip, "lladdr", peer_mac(veth), "dev", veth.name,
-       "nud", "permanent")
+    """Permanent ARP entries on both ends: ping then needs no ARP exchange.
+
+    ARP requests from the peer come in through the host end's XDP hook, so a
+    drop period leaves neighbour entries INCOMPLETE (next probe ~1 s later)
+    and a ping right after it fails for a reason that is not the chain's.
+    """
+    sh("ip", "neigh", "replace", veth.peer_ip, "lladdr", _mac(veth.netns, veth.peer),
+       "dev", veth.name, "nud", "permanent")
+    sh("ip", "-n", veth.netns, "neigh", "replace", veth.host_ip, "lladdr", _mac(None, veth.name),
+       "dev", veth.peer, "nud", "permanent")
 
 
 def bpffs_root_entries() -> set:
@@ -246,3 +270,31 @@ def bpffs_root_entries() -> set:
 
 def recorded_state() -> dict:
     return json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {"programs": {}, "hooks": {}}
+
+
+# --- the Manager in a process of its own ---------------------------------------------
+
+_RUNNER = r"""
+import json, sys
+from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
+op, kwargs = json.loads(sys.argv[1])
+manager = Manager()
+if op == "present":
+    result = manager.present(ProgramSpec(**kwargs))
+elif op == "absent":
+    result = manager.absent(**kwargs)
+else:
+    result = manager.list(**kwargs)
+print(json.dumps(result))
+"""
+
+
+def manager_in_fresh_process(op: str, **kwargs) -> dict:
+    """One Manager call in a new Python process, as one module run is: whatever
+    file descriptors the call leaves open are closed when it exits."""
+    root = next(p for p in sys.path if p and (pathlib.Path(p) / "ansible_collections" / "bpfd" / "core").exists())
+    env = dict(os.environ, PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps([op, kwargs])],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, "Manager.%s(%s) failed:\n%s" % (op, kwargs, proc.stderr[-3000:])
+    return json.loads(proc.stdout)

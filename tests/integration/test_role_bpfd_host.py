@@ -157,10 +157,8 @@ def test_check_mode_after_present_predicts_nothing(run_role):
 # --- absent -------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _store_lock(timeout: float = 60.0):
-    """Hold the run-time store's lock, as every bpfd.core mutation does."""
-    RUN_DIR.mkdir(mode=0o750, exist_ok=True)
-    fd = os.open(RUN_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+def _flock(path: pathlib.Path, timeout: float):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -169,11 +167,30 @@ def _store_lock(timeout: float = 60.0):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    pytest.fail("another bpfd.core run held /run/bpfd/lock for %ds" % timeout)
+                    pytest.fail("%s stayed locked for %ds" % (path, timeout))
                 time.sleep(0.2)
         yield
     finally:
         os.close(fd)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_role_test_at_a_time():
+    """Serialise concurrent runs of this file (developers sharing one host): one run's
+    absent must not pull the layout from under another's assertions. The lock lives
+    outside the directories absent removes."""
+    lock_dir = pathlib.Path("/run/lock")
+    lock_dir.mkdir(exist_ok=True)
+    with _flock(lock_dir / "bpfd-core-test-role-bpfd-host.lock", timeout=900):
+        yield
+
+
+@contextlib.contextmanager
+def _store_lock():
+    """Hold the run-time store's lock, as every bpfd.core mutation does."""
+    RUN_DIR.mkdir(mode=0o750, exist_ok=True)
+    with _flock(RUN_DIR / "lock", timeout=60):
+        yield
 
 
 def _why_absent_is_unsafe() -> str | None:

@@ -54,6 +54,51 @@ def _venv_on_path(monkeypatch):
     monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
 
 
+# A member the verifier accepts alone and refuses inside the dispatcher.
+#
+# big_stack (a 504-byte frame) does not do it: the linker inlines a member's main body
+# into the dispatcher's entry function, which has no frame of its own, so the member
+# runs with the same stack as alone. What does it is call depth in a member that must
+# be *called* (not inlined): a tail call in its main body forces that (inlined, the
+# tail call would end the whole dispatcher). Its main function + 7 nested subprograms is
+# the verifier's maximum of 8 frames alone; the dispatcher's entry makes it 9.
+DEEP_LEVELS = 7
+
+
+def _deep_calls_source(levels: int) -> str:
+    parts = ["#include <linux/bpf.h>", "#include <bpf/bpf_helpers.h>", "",
+             "struct {\n\t__uint(type, BPF_MAP_TYPE_PROG_ARRAY);\n\t__uint(max_entries, 1);\n"
+             "\t__type(key, __u32);\n\t__type(value, __u32);\n} jump SEC(\".maps\");\n",
+             "static __attribute__((noinline)) int level%d(struct xdp_md *ctx)\n"
+             "{\n\tvolatile int k = XDP_PASS;\n\treturn ctx ? k : XDP_DROP;\n}\n" % levels]
+    for i in range(levels - 1, 0, -1):
+        parts.append("static __attribute__((noinline)) int level%d(struct xdp_md *ctx)\n"
+                     "{\n\tvolatile int k = 1;\n\treturn level%d(ctx) * k;\n}\n" % (i, i + 1))
+    parts.append('SEC("xdp")\nint deep_calls(struct xdp_md *ctx)\n{\n'
+                 '\tbpf_tail_call(ctx, &jump, 0);\n\treturn level1(ctx);\n}\n\n'
+                 'char LICENSE[] SEC("license") = "GPL";\n')
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="session")
+def deep_calls_object(bpf_objects, tmp_path_factory) -> str:
+    """xdp_deep_calls.o (function deep_calls): 8 frames, checked to load alone."""
+    build = sys.modules["bpfd_fixture_build"]  # registered by the bpf_objects fixture
+    out = tmp_path_factory.mktemp("deep") / "xdp_deep_calls.o"
+    src = out.with_suffix(".c")
+    src.write_text(_deep_calls_source(DEEP_LEVELS))
+    subprocess.run([build.find_clang(), "-O2", "-g", "-target", "bpf", "-Wall", *build._include_flags(),
+                    "-c", str(src), "-o", str(out)], check=True, capture_output=True)
+    pin = "/sys/fs/bpf/bpfd_test_deep_%d" % os.getpid()
+    try:
+        sh("bpftool", "prog", "load", str(out), pin)
+        xlated = sh("bpftool", "prog", "dump", "xlated", "pinned", pin).stdout
+        assert xlated.count("call pc") == DEEP_LEVELS, xlated
+    finally:
+        sh("rm", "-f", pin, check=False)
+    return str(out)
+
+
 # --- tasks ------------------------------------------------------------------------
 
 
@@ -165,75 +210,111 @@ def assert_info_agrees(results: dict, veth, task: str = "info") -> list:
     return listed
 
 
-# --- snapshots that tolerate other tests running at the same time -----------------
+# --- snapshots ------------------------------------------------------------------------
+#
+# Before/after pictures must be identical: kernel_snapshot() byte for byte. Other test
+# files (or a whole-suite run) may load and unload programs at the same time on their own
+# veths; while another pytest process runs, the comparison is narrowed to everything that
+# can be ours: state entries and pins that name our veth (program names start with it)
+# or its hook, XDP links on our ifindex, the program attached there, and our programs'
+# kernel ids. After our module process exits, a program of ours can only stay alive
+# through a pin, a link or the attachment, so nothing of ours escapes that view.
 
 
-def _others(snapshots: list, veth) -> tuple[set, set, set, set]:
-    """Names, hook keys, program ids and link ids that the state file gives to other interfaces."""
-    names, hooks, prog_ids, link_ids = set(), set(), set(), set()
-    for snap in snapshots:
-        state = snap["state"] or {}
-        for name, rec in state.get("programs", {}).items():
-            if rec.get("interface") != veth.name:
-                names.add(name)
-                prog_ids.add(rec.get("prog_id"))
-        for key, hook in state.get("hooks", {}).items():
-            if hook.get("interface") != veth.name:
-                hooks.add(key)
-                prog_ids.add(hook.get("dispatcher_id"))
-                link_ids.add(hook.get("link_id"))
-    return names, hooks, prog_ids, link_ids
+def _other_pytest_running() -> bool:
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            argv = pathlib.Path("/proc", pid, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(os.path.basename(a) in (b"pytest", b"py.test") for a in argv[:2]) or (
+                b"-m" in argv and b"pytest" in argv):
+            return True
+    return False
 
 
-def scoped(snap: dict, others: tuple) -> dict:
-    """The snapshot without what belongs to other interfaces' managed chains.
+def _xdp_links_on(ifindex: int) -> list:
+    found = []
+    for link in bpftool_json("link", "show") or []:
+        if link.get("type") != "xdp":
+            continue
+        try:
+            if xdp_link_ifindex(link["id"]) == ifindex:
+                found.append((link["id"], link["prog_id"]))
+        except OSError:
+            continue  # gone meanwhile
+    return found
 
-    When nothing else runs (the normal case) this is the whole snapshot.
-    """
-    names, hooks, prog_ids, link_ids = others
-    foreign_dirs = [str(BPFD_PINS / top / n) for top in ("programs", "maps") for n in names]
-    foreign_dirs += [str(BPFD_PINS / "hooks" / k) for k in hooks]
-    state = json.loads(json.dumps(snap["state"])) if snap["state"] is not None else None
-    if state is not None:
-        state["programs"] = {n: r for n, r in state["programs"].items() if n not in names}
-        state["hooks"] = {k: h for k, h in state["hooks"].items() if k not in hooks}
-    return {
-        "progs": [p for p in snap["progs"] if p not in prog_ids],
-        "links": [lk for lk in snap["links"] if lk not in link_ids],
-        "pins": [p for p in snap["pins"]
-                 if not any(p == d or p.startswith(d + "/") for d in foreign_dirs)],
-        "state": state,
+
+def snapshot(veth) -> dict:
+    """kernel_snapshot(), plus the part of it that can be ours (see above)."""
+    busy = _other_pytest_running()
+    snap = kernel_snapshot()
+    exists = os.path.exists("/sys/class/net/%s" % veth.name)
+    ifindex = veth.ifindex if exists else None
+    hook = "xdp_%s" % ifindex
+    state = snap["state"] or {"programs": {}, "hooks": {}}
+    mine_programs = {n: r for n, r in state["programs"].items()
+                     if n.startswith(veth.name) or r.get("interface") == veth.name}
+    mine_hooks = {k: h for k, h in state["hooks"].items() if k == hook or h.get("interface") == veth.name}
+    attached = [p["id"] for p in veth.xdp_programs()] if exists else None
+    ids = {r.get("prog_id") for r in mine_programs.values()} | {h.get("dispatcher_id") for h in mine_hooks.values()}
+    ids = (ids | set(attached or [])) - {None}
+    snap["attached"] = attached
+    snap["_mine"] = {
+        "programs": mine_programs, "hooks": mine_hooks, "attached": attached,
+        "pins": [p for p in snap["pins"] if veth.name in p or "/hooks/%s" % hook in p],
+        "links": _xdp_links_on(ifindex) if exists else [],
+        "progs": sorted(ids & set(snap["progs"])),
+        "ids": sorted(ids),
     }
+    snap["_busy"] = busy or _other_pytest_running()
+    return snap
+
+
+def _strip(snap: dict) -> dict:
+    return {k: v for k, v in snap.items() if not k.startswith("_")}
 
 
 def assert_same_snapshot(before: dict, after: dict, veth) -> None:
-    others = _others([before, after], veth)
-    assert scoped(after, others) == scoped(before, others)
-    if not any(others):
-        assert after == before
+    if not (before["_busy"] or after["_busy"]):
+        assert _strip(after) == _strip(before)
+        return
+    then, now = before["_mine"], after["_mine"]
+    # None of our programs came or went.
+    ours = set(then["ids"]) | set(now["ids"])
+    assert set(now["progs"]) & ours == set(then["progs"]) & ours
+    assert {k: v for k, v in now.items() if k != "ids"} == {k: v for k, v in then.items() if k != "ids"}
 
 
-def assert_nothing_left(start: dict, veth, names: list) -> None:
+def assert_nothing_left(start: dict, veth, names: list, our_ids: set) -> None:
     """No program, link, pin or state entry of ours beyond what existed at the start."""
-    end = kernel_snapshot()
-    others = _others([start, end], veth)
-    now, then = scoped(end, others), scoped(start, others)
-    assert now["progs"] == then["progs"]
-    assert now["links"] == then["links"]
-    assert [p for p in now["pins"] if p not in TOP_DIRS] == []
-    state = now["state"] or {"programs": {}, "hooks": {}}
-    assert state["programs"] == {} and state["hooks"] == {}
+    end = snapshot(veth)
+    assert end["attached"] == []
+    assert end["_mine"]["links"] == [] and end["_mine"]["pins"] == []
+    assert end["_mine"]["programs"] == {} and end["_mine"]["hooks"] == {}
     for name in names:
-        assert not any(name in p for p in end["pins"])
+        assert not any(name in p for p in end["pins"]), end["pins"]
+    assert not our_ids & set(end["progs"])
+    if not (start["_busy"] or end["_busy"]):
+        assert end["progs"] == start["progs"]
+        assert end["links"] == start["links"]
+        assert [p for p in end["pins"] if p not in TOP_DIRS] == []
+        state = end["state"] or {"programs": {}, "hooks": {}}
+        assert state["programs"] == {} and state["hooks"] == {}
 
 
 # --- failures must be clean -----------------------------------------------------------
 
 
-def assert_clean_failure(result: dict, phrase: str) -> None:
+def assert_clean_failure(result: dict, *phrases: str) -> None:
     assert result["_failed"], result
     msg = result.get("msg", "")
-    assert phrase.lower() in msg.lower(), msg
+    for phrase in phrases:
+        assert phrase.lower() in msg.lower(), (phrase, msg)
     for key in ("msg", "module_stderr", "module_stdout", "exception"):
         assert "Traceback" not in str(result.get(key, "")), (key, result.get(key))
     assert "unexpected error" not in msg, msg
@@ -325,9 +406,9 @@ def test_same_play_twice_changes_nothing(veth, bpf_objects, playbook):
     ids = {r["program"]["name"]: r["program"]["id"] for r in first.values()}
     dispatcher = first["b"]["program"]["dispatcher_id"]
 
-    before = kernel_snapshot()
+    before = snapshot(veth)
     second = playbook(tasks, diff=True)
-    after = kernel_snapshot()
+    after = snapshot(veth)
     for task in ("a", "b"):
         assert second[task]["changed"] is False, second[task]
         assert "changes" not in second[task]
@@ -341,7 +422,7 @@ def test_same_play_twice_changes_nothing(veth, bpf_objects, playbook):
     checked = playbook(tasks, check=True)
     assert not checked["a"]["changed"] and not checked["b"]["changed"]
     assert checked["a"]["program"]["position"] == 1 and checked["b"]["program"]["position"] == 0
-    assert_same_snapshot(before, kernel_snapshot(), veth)
+    assert_same_snapshot(before, snapshot(veth), veth)
 
     # Check mode of a new member on the applied chain: predicted position, nothing touched.
     c = veth.name + "-c"
@@ -351,17 +432,17 @@ def test_same_play_twice_changes_nothing(veth, bpf_objects, playbook):
     assert [(p["name"], p["position"]) for p in predicted["chain"]] == [(b, 0), (c, 1), (a, 2)]
     assert "1: %s priority=75" % c in predicted["diff"]["after"]
     assert "%s priority=75" % c not in predicted["diff"]["before"]
-    assert_same_snapshot(before, kernel_snapshot(), veth)
+    assert_same_snapshot(before, snapshot(veth), veth)
     assert veth.ping()
 
 
 def test_check_mode_on_fresh_interface_touches_nothing(veth, bpf_objects, playbook):
     obj = bpf_objects["xdp_pass"]
     a, b = veth.name + "-a", veth.name + "-b"
-    before = kernel_snapshot()
+    before = snapshot(veth)
     results = playbook([load(a, veth, obj, 100, task="a"), load(b, veth, obj, 50, task="b"),
                         info(interface=veth.name)], check=True, diff=True)
-    after = kernel_snapshot()
+    after = snapshot(veth)
     for task in ("a", "b"):
         res = results[task]
         assert res["changed"] is True and res["changes"] == ["loaded"]
@@ -443,7 +524,7 @@ def test_priority_and_proceed_on_change_swap_in_place(veth, bpf_objects, playboo
 
 
 def test_removing_last_program_detaches_and_cleans_up(veth, bpf_objects, playbook):
-    start = kernel_snapshot()
+    start = snapshot(veth)
     obj = bpf_objects["xdp_count_pass"]  # has a map: its pins must go too
     a, b = veth.name + "-a", veth.name + "-b"
     loaded = playbook([load(a, veth, obj, 10, task="a"), load(b, veth, bpf_objects["xdp_pass"], 20, task="b")])
@@ -451,13 +532,13 @@ def test_removing_last_program_detaches_and_cleans_up(veth, bpf_objects, playboo
     assert any(BPFD_PINS.glob("hooks/*/link"))
     results = playbook([unload("rm b", name=b), unload("rm a", name=a), info(interface=veth.name)])
     assert results["rm b"]["changed"] and results["rm a"]["changed"]
-    assert results["rm b"]["chain"] != [] and results["rm a"]["chain"] == []
     assert results["info"]["programs"] == []
     assert veth.xdp_programs() == []
     assert ip_link_xdp(veth) is None
     disp = loaded["b"]["program"]["dispatcher_id"]
     assert xdp_links_to(disp) == []
-    assert_nothing_left(start, veth, [a, b])
+    ours = {p["id"] for p in loaded["b"]["chain"]} | {disp, loaded["a"]["program"]["dispatcher_id"]}
+    assert_nothing_left(start, veth, [a, b], ours)
     assert veth.ping()
 
 
@@ -467,7 +548,7 @@ def test_removing_last_program_detaches_and_cleans_up(veth, bpf_objects, playboo
 
 
 def _bad(objs, veth, name):
-    """(task args, phrase expected in msg) per case; `name` is a fresh program name."""
+    """(task args, phrases expected in msg) per case; `name` is a fresh program name."""
     pass_o = objs["xdp_pass"]
     return {
         "missing_path": (dict(path="/nonexistent/xdp.o"), "does not exist"),
@@ -476,10 +557,11 @@ def _bad(objs, veth, name):
         "ambiguous_object": (dict(path=objs["xdp_two_progs"]), "set bpf_function_name"),
         "priority_1001": (dict(path=pass_o, priority=1001), "priority must be between 0 and 1000"),
         "priority_negative": (dict(path=pass_o, priority=-1), "priority must be between 0 and 1000"),
-        "bad_proceed_on": (dict(path=pass_o, proceed_on=["pass", "bogus"]), "proceed_on"),
+        "bad_proceed_on": (dict(path=pass_o, proceed_on=["pass", "bogus"]), ("proceed_on", "bogus")),
         "no_such_interface": (dict(path=pass_o, interface="bpfdnosuch0"), "interface bpfdnosuch0 does not exist"),
         "eleventh_program": (dict(path=pass_o), "at most 10 programs"),
-        "verifier_refuses_member": (dict(path=objs["big_stack"]), "refused"),
+        "verifier_refuses_member": (dict(path=objs["xdp_deep_calls"]),
+                                    ("kernel refused the xdp dispatcher", "9 frames is too deep")),
         "mode_mismatch": (dict(path=pass_o, xdp_mode="skb"), "native mode"),
         "tc_program": (dict(path=objs["tc_pass"]), "holds no xdp program"),
         "tc_function": (dict(path=objs["tc_pass"], bpf_function_name="tc_pass"), "not xdp"),
@@ -493,7 +575,7 @@ BAD_CASES = ["missing_path", "not_bpf", "unknown_function", "ambiguous_object", 
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_fails_cleanly_and_changes_nothing(veth, bpf_objects, playbook, case):
+def test_bad_input_fails_cleanly_and_changes_nothing(veth, bpf_objects, deep_calls_object, playbook, case):
     from ansible_collections.bpfd.core.plugins.module_utils._manager import ProgramSpec
 
     # Setup straight through module_utils (fast): one managed program, ten for the 11th case.
@@ -502,14 +584,18 @@ def test_bad_input_fails_cleanly_and_changes_nothing(veth, bpf_objects, playbook
         mgr.present(ProgramSpec(name="%s-m%d" % (veth.name, i), kind="xdp", path=bpf_objects["xdp_pass"],
                                 interface=veth.name, priority=100 + i))
     assert veth.ping()
-    args, phrase = _bad(bpf_objects, veth, veth.name + "-new")[case]
+    if case == "mode_mismatch":
+        assert ip_link_xdp(veth)["mode"] == 1  # XDP_ATTACHED_DRV: the chain runs native
+    objs = dict(bpf_objects, xdp_deep_calls=deep_calls_object)
+    args, phrases = _bad(objs, veth, veth.name + "-new")[case]
+    phrases = phrases if isinstance(phrases, tuple) else (phrases,)
     task_args = dict({"name": veth.name + "-new", "interface": veth.name, "priority": 500}, **args)
 
-    before = kernel_snapshot()
+    before = snapshot(veth)
     results = playbook([{"name": "bad", XDP: task_args}], expect_failure=True)
-    after = kernel_snapshot()
+    after = snapshot(veth)
 
-    assert_clean_failure(results["bad"], phrase)
+    assert_clean_failure(results["bad"], *phrases)
     assert_same_snapshot(before, after, veth)
     assert veth.ping()
 
@@ -525,12 +611,12 @@ def test_foreign_program_on_hook_is_reported_and_kept(veth, bpf_objects, playboo
     try:
         sh("ip", "link", "set", "dev", veth.name, "xdpgeneric", "obj", bpf_objects["xdp_pass"], "sec", "xdp")
         foreign_id = ip_link_xdp(veth)["prog"]["id"]
-        before = kernel_snapshot()
+        before = snapshot(veth)
         results = playbook([load(veth.name + "-x", veth, bpf_objects["xdp_pass"], 100, task="x")],
                            expect_failure=True)
         assert_clean_failure(results["x"], "id %d" % foreign_id)
         assert "did not attach" in results["x"]["msg"]
-        assert_same_snapshot(before, kernel_snapshot(), veth)
+        assert_same_snapshot(before, snapshot(veth), veth)
         assert ip_link_xdp(veth)["prog"]["id"] == foreign_id
         assert [p["id"] for p in veth.xdp_programs()] == [foreign_id]
         assert veth.ping()
@@ -566,13 +652,12 @@ def test_src_is_shipped_into_bytecode_store(veth, bpf_objects, playbook, tmp_pat
         assert first["program"]["sha256"] == digest
         assert hashlib.sha256(kept.read_bytes()).hexdigest() == digest
         assert_one_dispatcher(veth, first["program"]["dispatcher_id"], first["program"]["link_id"])
-        before = kernel_snapshot()
+        before = snapshot(veth)
         again = playbook([task])["ship"]
         assert again["changed"] is False
         assert again["program"]["id"] == first["program"]["id"]
-        assert_same_snapshot(before, kernel_snapshot(), veth)
+        assert_same_snapshot(before, snapshot(veth), veth)
         assert veth.ping()
-        playbook([unload("rm", name=name)])
     finally:
         if kept.exists():
             kept.unlink()

@@ -1,0 +1,130 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The TC attach points: a tcx bpf_link (kernel >= 6.6), or on older kernels
+a cls_bpf direct-action filter on a clsact qdisc, replaced in place."""
+
+from __future__ import annotations
+
+import re
+
+from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
+from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+
+DIRECTIONS = ("ingress", "egress")
+TCX_ATTACH = {"ingress": libbpf.ATTACH_TCX_INGRESS, "egress": libbpf.ATTACH_TCX_EGRESS}
+PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
+FILTER_PRIO = 1          # our one filter runs first among cls_bpf filters
+FILTER_HANDLE = 0xbfd
+FILTER_NAME = "bpfd_dispatcher_%d"
+_FILTER_NAME_RE = re.compile(r"^bpfd_dispatcher_(\d+)$")
+ETH_P_ALL = 0x0003
+
+
+def tcx_supported(ifindex: int, direction: str, prog_fd: int) -> bool:
+    """Probe: can this kernel create a tcx link? (6.6+; EINVAL/ENOTSUPP before)."""
+    try:
+        fd = libbpf.link_create(prog_fd, ifindex, TCX_ATTACH[direction])
+    except BpfdError:
+        return False
+    libbpf.close_fd(fd)
+    return True
+
+
+def attach_tcx(prog_fd: int, ifindex: int, direction: str) -> int:
+    return libbpf.link_create(prog_fd, ifindex, TCX_ATTACH[direction])
+
+
+def foreign_tcx_programs(ifindex: int, direction: str, ours: set) -> list:
+    """tcx links of other owners on this hook (they coexist with ours: the
+    kernel runs tcx programs in attach order, so we report, not refuse)."""
+    found = []
+    for link_id in libbpf.link_ids():
+        try:
+            with libbpf.owned_fd(libbpf.link_fd_by_id(link_id)) as fd:
+                info = libbpf.link_info(fd)
+        except BpfdError:
+            continue
+        if info["target"] == ifindex and info["attach_type"] == TCX_ATTACH[direction] and link_id not in ours:
+            found.append({"link_id": link_id, "prog_id": info["prog_id"]})
+    return found
+
+
+# --- cls_bpf fallback ----------------------------------------------------------
+
+
+def _filters(ipr, ifindex: int, direction: str) -> list:
+    try:
+        return list(ipr.get_filters(index=ifindex, parent=PARENTS[direction]))
+    except _netlink.NetlinkError:
+        return []
+
+
+def _qdisc_kinds(ipr, ifindex: int) -> list:
+    return [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=ifindex) if q["parent"] in (0xFFFFFFF1, 0xFFFFFFF2)]
+
+
+def cls_bpf_state(ifindex: int, direction: str) -> dict:
+    """Our filter (by name: it carries the dispatcher id) and everybody else's."""
+    with _netlink.ipr() as ipr:
+        kinds = _qdisc_kinds(ipr, ifindex)
+        filters = _filters(ipr, ifindex, direction)
+    ours, foreign = None, []
+    for flt in filters:
+        options = flt.get_attr("TCA_OPTIONS")
+        name = options.get_attr("TCA_BPF_NAME") if options is not None else None
+        match = _FILTER_NAME_RE.match(name or "")
+        if match and flt["info"] >> 16 == FILTER_PRIO:
+            ours = int(match.group(1))
+        elif flt.get_attr("TCA_KIND"):
+            foreign.append({"kind": flt.get_attr("TCA_KIND"), "name": name, "pref": flt["info"] >> 16})
+    return {"qdiscs": kinds, "dispatcher_id": ours, "foreign": foreign}
+
+
+def attach_cls_bpf(prog_fd: int, prog_id: int, ifindex: int, direction: str) -> bool:
+    """Add our filter (creating clsact if needed); True when we created clsact."""
+    with _netlink.ipr() as ipr:
+        kinds = _qdisc_kinds(ipr, ifindex)
+        if "ingress" in kinds:
+            raise BpfdError("the interface has a plain 'ingress' qdisc that bpfd.core did not create; "
+                            "cls_bpf needs 'clsact': remove it first (tc qdisc del dev DEV ingress)")
+        created = "clsact" not in kinds
+        if created:
+            ipr.tc("add", "clsact", index=ifindex)
+        try:
+            _set_filter(ipr, "add-filter", prog_fd, prog_id, ifindex, direction)
+        except Exception:
+            if created:
+                ipr.tc("del", "clsact", index=ifindex)
+            raise
+    return created
+
+
+def replace_cls_bpf(prog_fd: int, prog_id: int, ifindex: int, direction: str) -> None:
+    """Swap the program of our filter in place (one netlink message)."""
+    with _netlink.ipr() as ipr:
+        _set_filter(ipr, "replace-filter", prog_fd, prog_id, ifindex, direction)
+
+
+def detach_cls_bpf(ifindex: int, direction: str, remove_clsact: bool) -> None:
+    with _netlink.ipr() as ipr:
+        try:
+            ipr.tc("del-filter", "bpf", index=ifindex, handle=FILTER_HANDLE, parent=PARENTS[direction],
+                   prio=FILTER_PRIO, protocol=ETH_P_ALL)
+        except _netlink.NetlinkError:
+            pass  # already gone (interface reset by someone)
+        if remove_clsact and not _filters(ipr, ifindex, "ingress") and not _filters(ipr, ifindex, "egress"):
+            try:
+                ipr.tc("del", "clsact", index=ifindex)
+            except _netlink.NetlinkError:
+                pass
+
+
+def _set_filter(ipr, command: str, prog_fd: int, prog_id: int, ifindex: int, direction: str) -> None:
+    try:
+        ipr.tc(command, "bpf", index=ifindex, handle=FILTER_HANDLE, fd=prog_fd,
+               name=FILTER_NAME % prog_id, parent=PARENTS[direction], classid=1,
+               direct_action=True, prio=FILTER_PRIO, protocol=ETH_P_ALL)
+    except _netlink.NetlinkError as exc:
+        raise BpfdError("tc refused our cls_bpf filter on ifindex %d %s: %s" % (ifindex, direction, exc))
