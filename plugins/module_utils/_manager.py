@@ -319,16 +319,16 @@ class Manager:
         """Make the kernel's hook match `programs`: build, then attach or swap."""
         members = self._members(programs, key)
         hook = store.hooks.get(key)
-        if hook is not None and mode is not None and mode != hook["mode"]:
-            # Only a sole member may change the mode (see _hook_mode); the
-            # kernel cannot move a link between modes, so re-attach.
-            self._detach(store, key)
-            hook = None
         if not members:
             if hook is not None:
                 self._detach(store, key)
             return
         with self._dispatcher_fd(members, loaded) as disp_fd:
+            if hook is not None and mode is not None and mode != hook["mode"]:
+                # Only a sole member may change the mode (see _hook_mode); the
+                # kernel cannot move a link between modes, so re-attach.
+                self._detach(store, key, undo)
+                hook = None
             if hook is None:
                 hook = self._attach(store, key, members[0], disp_fd, mode, undo)
             else:
@@ -388,10 +388,29 @@ class Manager:
         undo.release(lambda: libbpf.close_fd(previous_fd))
         undo.add(swap_back)
 
-    def _detach(self, store: StateStore, key: str) -> None:
+    def _detach(self, store: StateStore, key: str, undo: _Undo | None = None) -> None:
+        """Detach explicitly: unpinning alone leaves the link attached while
+        anybody (bpftool, an RCU grace period) still holds a reference."""
         hook = store.hooks.pop(key)
-        # The pin is the link's only reference: unpinning it detaches.
+        previous_fd = None
+        with contextlib.suppress(BpfdError, OSError):
+            with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as link_fd:
+                if undo is not None:
+                    previous_fd = libbpf.prog_fd_by_id(libbpf.link_info(link_fd)["prog_id"])
+                libbpf.link_detach(link_fd)
         remove_pin_tree(os.path.dirname(hook["link_pin"]))
+        if undo is not None and previous_fd is not None:
+            undo.release(lambda: libbpf.close_fd(previous_fd))
+            undo.add(lambda: self._reattach(store, key, hook, previous_fd))
+
+    def _reattach(self, store: StateStore, key: str, hook: dict, prog_fd: int) -> None:
+        """Undo of a detach: the previous dispatcher back on a new link."""
+        link_fd, _mode = _attach_xdp.attach(prog_fd, hook["ifindex"], hook["mode"])
+        with libbpf.owned_fd(link_fd):
+            os.makedirs(os.path.dirname(hook["link_pin"]), mode=0o750, exist_ok=True)
+            libbpf.obj_pin(link_fd, hook["link_pin"])
+            hook["link_id"] = libbpf.link_info(link_fd)["id"]
+        store.hooks[key] = hook
 
     def _remove(self, store: StateStore, name: str) -> None:
         record = store.programs[name]

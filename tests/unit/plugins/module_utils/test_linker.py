@@ -343,18 +343,22 @@ def check_structure(linked: _linker.LinkedDispatcher) -> None:
     """What the verifier's CFG check wants: jumps stay inside their function,
     calls and callback addresses reach function starts, each function ends
     with exit or ja, every jump offset fits."""
-    insns = decoded(linked.insns)
-    bounds = linked.func_starts + [len(insns)]
-    for start, end in zip(bounds, bounds[1:]):
-        last = [i for i, _ in _insn.iter_insns(linked.insns) if start <= i < end][-1]
-        assert _insn.is_exit(insns[last]) or _insn.is_unconditional_jump(insns[last]), (start, last)
-        for index, ins in _insn.iter_insns(linked.insns):
-            if not start <= index < end:
-                continue
-            if _linker._is_jump(ins):
-                assert start <= index + _linker._jump_offset(ins) + 1 < end, (index, ins)
-            if _insn.is_pseudo_call(ins) or _insn.is_pseudo_func(ins):
-                assert _insn.relative_target(index, ins) in linked.func_starts, (index, ins)
+    instructions = list(_insn.iter_insns(linked.insns))
+    bounds = linked.func_starts + [count(linked.insns)]
+    function, last = 0, None
+    for index, ins in instructions:
+        if index >= bounds[function + 1]:
+            assert _insn.is_exit(last) or _insn.is_unconditional_jump(last), (bounds[function], last)
+            function += 1
+            assert index == bounds[function], "function %d starts inside an ld_imm64" % bounds[function]
+        start, end = bounds[function], bounds[function + 1]
+        if _linker._is_jump(ins):
+            assert start <= index + _linker._jump_offset(ins) + 1 < end, (index, ins)
+        if _insn.is_pseudo_call(ins) or _insn.is_pseudo_func(ins):
+            assert _insn.relative_target(index, ins) in linked.func_starts, (index, ins)
+        last = ins
+    assert function == len(linked.func_starts) - 1
+    assert _insn.is_exit(last) or _insn.is_unconditional_jump(last)
 
 
 # --- the template ---------------------------------------------------------------
@@ -659,19 +663,22 @@ def test_inline_false_calls_every_member(kind: str) -> None:
 
 
 def test_a_body_too_long_for_16_bit_jumps_is_called(kind: str) -> None:
-    # inlined, the entry's jumps to its common exit would have to cross 40000 instructions
-    huge = block(*[mov(1)] * 40000, EXIT)
+    # inlined, the entry's jumps to its common exit would have to cross 33000 instructions
+    huge = block(*[mov(1)] * 33000, EXIT)
     linked = link_dispatcher(kind, [RETURN_PASS, huge], [1, 1])
     assert "16 bits" in linked.fallbacks[1] and 0 not in linked.fallbacks
     check_structure(linked)
 
 
 def test_exit_far_from_the_end_falls_back(kind: str) -> None:
-    # an exit early in a 40000-instruction body needs ja +39999: too far
-    member = block(jump(JEQ_K, 1, 1), EXIT, *[mov(1)] * 40000, EXIT)
+    # an exit early in a 33000-instruction body needs ja +33001: too far
+    member = block(jump(JEQ_K, 1, 1), EXIT, *[mov(1)] * 33000, EXIT)
     linked = link_dispatcher(kind, [member], [1])
     assert "16 bits" in linked.fallbacks[0]
     check_structure(linked)
+    with pytest.raises(_linker._OffsetOverflow) as raised:  # the splice itself refuses the exit's ja
+        _linker._splice(_linker._Member(3, member, (6,)), 0, 0)
+    assert raised.value.slot == 3
 
 
 def test_many_large_bodies_give_up_the_largest_first(kind: str) -> None:
