@@ -131,9 +131,7 @@ class Manager:
         with self._session(check_mode) as (store, notes):
             if name is None:
                 name = next((n for n, r in store.programs.items() if r["prog_id"] == prog_id), None)
-                if name is None:
-                    raise BpfdError("no program managed by bpfd.core has kernel id %s" % prog_id)
-            record = store.programs.get(name)
+            record = store.programs.get(name) if name is not None else None
             if record is None:
                 return {"changed": False, "program": None, "chain": [], "reconciled": notes,
                         "diff": {"before": {}, "after": {}}}
@@ -287,18 +285,20 @@ class Manager:
 
     def _load_member(self, spec: ProgramSpec, record: dict, undo: _Undo) -> _loader.LoadedProgram:
         map_dir = self.layout.map_dir(spec.name)
-        existing = set(_listdir(map_dir))
-        undo.add(lambda: _remove_new_entries(map_dir, existing))
+        maps_before = set(_listdir(map_dir)) if os.path.isdir(map_dir) else None
+        undo.add(lambda: _remove_new_entries(map_dir, maps_before or set(), keep_dir=maps_before is not None))
         loaded = _loader.load_program(spec.path, function=spec.function,
                                       prog_types=HOOK_PROG_TYPES[spec.kind], kind=spec.kind,
                                       map_pin_dir=map_dir)
+        program_dir = self.layout.program_dir(spec.name)
+        pins_before = set(_listdir(program_dir)) if os.path.isdir(program_dir) else None
+        undo.add(lambda: _remove_new_entries(program_dir, pins_before or set(), keep_dir=pins_before is not None))
         try:
-            pin = os.path.join(self.layout.program_dir(spec.name), "prog_%d" % loaded.prog_id)
+            pin = os.path.join(program_dir, "prog_%d" % loaded.prog_id)
             _loader.pin_program(loaded, pin)
         except BaseException:
             loaded.close()
             raise
-        undo.add(lambda: remove_pin(pin))
         record.update({
             "bpf_function_name": loaded.function, "section": loaded.section,
             "prog_id": loaded.prog_id, "prog_pin": pin, "insns": _member.encode(loaded.insns),
@@ -538,11 +538,12 @@ class Manager:
         return result
 
 
-def _remove_new_entries(directory: str, existing: set) -> None:
+def _remove_new_entries(directory: str, existing: set, keep_dir: bool) -> None:
+    """Undo of a step that pinned into `directory`: remove what it added."""
     for entry in _listdir(directory):
         if entry not in existing:
             remove_pin_tree(os.path.join(directory, entry))
-    if not existing:
+    if not keep_dir:
         with contextlib.suppress(OSError):
             os.rmdir(directory)
 

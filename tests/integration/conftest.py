@@ -129,9 +129,12 @@ def unload_all_on(interface: str) -> None:
 
 
 @pytest.fixture
-def playbook(collections_path, tmp_path):
+def playbook(collections_path, tmp_path, monkeypatch):
     """Run a play (a list of tasks) on localhost; return {task name: result}."""
     import ansible_runner
+
+    # ansible-runner finds ansible-playbook on PATH: the venv's, also when not activated.
+    monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
 
     def run(tasks: list, check: bool = False, diff: bool = False, extravars: dict | None = None,
             expect_failure: bool = False) -> dict:

@@ -48,12 +48,6 @@ TUTORIAL_FIELDS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _venv_on_path(monkeypatch):
-    """ansible-runner looks ansible-playbook up on PATH: use the venv's, as the interpreter."""
-    monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
-
-
 # A member the verifier accepts alone and refuses inside the dispatcher.
 #
 # big_stack (a 504-byte frame) does not do it: the linker inlines a member's main body
