@@ -79,6 +79,10 @@ TC_STUB(5) TC_STUB(6) TC_STUB(7) TC_STUB(8) TC_STUB(9)
  * writes r7 would then break the dispatcher. An asm ld_imm64 cannot be merged
  * with another or moved across the call, so nothing but ctx lives across a
  * slot call (tools/build_dispatcher.py checks this and records the result).
+ *
+ * The file is compiled with -mcpu=v3 (32-bit jumps and ALU, kernel >= 5.1):
+ * the verdict's low 32 bits are then tested and extended in one instruction
+ * each instead of three.
  */
 static __always_inline volatile const struct dispatcher_config *config_after_call(void)
 {
@@ -102,21 +106,27 @@ static __always_inline int proceeds(__u64 bit, __u64 mask)
 
 /*
  * Run slot i, then stop with its verdict unless the verdict's bit is set in
- * the slot's proceed-on mask. The XDP bit of verdict r is bit r (bpfd's
- * XDP_DISPATCHER_RETVAL 31 is bit 31).
+ * the slot's proceed-on mask; stop with the hook's pass value after the last
+ * slot in use. The XDP bit of verdict r is bit r (bpfd's
+ * XDP_DISPATCHER_RETVAL 31 is bit 31). Both reads after the call go through
+ * one fresh CONFIG address (one ld_imm64 per slot).
  */
 #define XDP_SLOT(i)						\
-	if (CONFIG.num_slots <= i)				\
-		return XDP_PASS;				\
 	ret = xdp_slot_##i(ctx);				\
-	if (!proceeds((__u32)ret,				\
-		      config_after_call()->proceed_on[i]))	\
-		return ret;
+	config = config_after_call();				\
+	if (!proceeds((__u32)ret, config->proceed_on[i]))	\
+		return ret;					\
+	if (config->num_slots <= i + 1)				\
+		return XDP_PASS;
 
 SEC("xdp")
 int xdp_dispatcher(struct xdp_md *ctx)
 {
+	volatile const struct dispatcher_config *config;
 	int ret;
+
+	if (CONFIG.num_slots == 0)
+		return XDP_PASS;
 
 	XDP_SLOT(0) XDP_SLOT(1) XDP_SLOT(2) XDP_SLOT(3) XDP_SLOT(4)
 	XDP_SLOT(5) XDP_SLOT(6) XDP_SLOT(7) XDP_SLOT(8) XDP_SLOT(9)
@@ -133,17 +143,21 @@ int xdp_dispatcher(struct xdp_md *ctx)
  * TC_ACT_OK is TCX_PASS.
  */
 #define TC_SLOT(i)						\
-	if (CONFIG.num_slots <= i)				\
-		return TC_ACT_OK;				\
 	ret = tc_slot_##i(skb);					\
-	if (!proceeds((__u32)ret + 1,				\
-		      config_after_call()->proceed_on[i]))	\
-		return ret;
+	config = config_after_call();				\
+	if (!proceeds((__u32)ret + 1, config->proceed_on[i]))	\
+		return ret;					\
+	if (config->num_slots <= i + 1)				\
+		return TC_ACT_OK;
 
 SEC("tc")
 int tc_dispatcher(struct __sk_buff *skb)
 {
+	volatile const struct dispatcher_config *config;
 	int ret;
+
+	if (CONFIG.num_slots == 0)
+		return TC_ACT_OK;
 
 	TC_SLOT(0) TC_SLOT(1) TC_SLOT(2) TC_SLOT(3) TC_SLOT(4)
 	TC_SLOT(5) TC_SLOT(6) TC_SLOT(7) TC_SLOT(8) TC_SLOT(9)

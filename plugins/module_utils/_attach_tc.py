@@ -6,10 +6,12 @@ a cls_bpf direct-action filter on a clsact qdisc, replaced in place."""
 
 from __future__ import annotations
 
+import os
 import re
 
 from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+from ansible_collections.bpfd.core.plugins.module_utils._attach_link import Attachment, LinkAttachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 
 DIRECTIONS = ("ingress", "egress")
@@ -22,18 +24,22 @@ _FILTER_NAME_RE = re.compile(r"^bpfd_dispatcher_(\d+)$")
 ETH_P_ALL = 0x0003
 
 
-def tcx_supported(ifindex: int, direction: str, prog_fd: int) -> bool:
-    """Probe: can this kernel create a tcx link? (6.6+; EINVAL/ENOTSUPP before)."""
+ATTACH_METHODS = ("tcx", "cls_bpf")
+
+
+def kernel_has_tcx() -> bool:
+    """tcx (bpf_link on the TC hooks) arrived in Linux 6.6."""
+    release = os.uname().release.split("-")[0].split(".")
     try:
-        fd = libbpf.link_create(prog_fd, ifindex, TCX_ATTACH[direction])
-    except BpfdError:
+        return (int(release[0]), int(release[1])) >= (6, 6)
+    except (ValueError, IndexError):
         return False
-    libbpf.close_fd(fd)
-    return True
 
 
-def attach_tcx(prog_fd: int, ifindex: int, direction: str) -> int:
-    return libbpf.link_create(prog_fd, ifindex, TCX_ATTACH[direction])
+def _describe(found: list) -> str:
+    return ", ".join("%s (%s)" % (f.get("name") or f.get("kind") or "?",
+                                  ", ".join("%s %s" % (k, v) for k, v in f.items() if k not in ("name",)))
+                     for f in found)
 
 
 def foreign_tcx_programs(ifindex: int, direction: str, ours: set) -> list:
@@ -128,3 +134,55 @@ def _set_filter(ipr, command: str, prog_fd: int, prog_id: int, ifindex: int, dir
                direct_action=True, prio=FILTER_PRIO, protocol=ETH_P_ALL)
     except _netlink.NetlinkError as exc:
         raise BpfdError("tc refused our cls_bpf filter on ifindex %d %s: %s" % (ifindex, direction, exc))
+
+
+class TcxAttachment(LinkAttachment):
+    """A TC hook held by a tcx bpf_link (kernel >= 6.6)."""
+
+    def foreign(self, hook: dict) -> str | None:
+        found = foreign_tcx_programs(hook["ifindex"], hook["direction"], {hook.get("link_id")})
+        if not found:
+            return None
+        return ("interface %s %s already runs tcx programs bpfd.core did not attach: %s; remove them "
+                "first, bpfd.core never runs beside programs whose order it does not control"
+                % (hook["interface"], hook["direction"], _describe(found)))
+
+    def create_link(self, hook: dict, disp_fd: int) -> int:
+        return libbpf.link_create(disp_fd, hook["ifindex"], TCX_ATTACH[hook["direction"]])
+
+
+class ClsBpfAttachment(Attachment):
+    """A TC hook held by our cls_bpf filter on a clsact qdisc (kernels < 6.6)."""
+
+    def foreign(self, hook: dict) -> str | None:
+        found = cls_bpf_state(hook["ifindex"], hook["direction"])["foreign"]
+        if not found:
+            return None
+        return ("interface %s %s already has tc filters bpfd.core did not add: %s; remove them first, "
+                "bpfd.core never runs beside filters whose order it does not control"
+                % (hook["interface"], hook["direction"], _describe(found)))
+
+    def attach(self, hook: dict, disp_fd: int, undo) -> None:
+        prog_id = libbpf.prog_info(disp_fd)["id"]
+        hook["clsact_created"] = attach_cls_bpf(disp_fd, prog_id, hook["ifindex"], hook["direction"])
+        undo.add(lambda: detach_cls_bpf(hook["ifindex"], hook["direction"], hook["clsact_created"]))
+
+    def swap(self, hook: dict, disp_fd: int, undo) -> None:
+        previous_id = cls_bpf_state(hook["ifindex"], hook["direction"])["dispatcher_id"]
+        previous_fd = libbpf.prog_fd_by_id(previous_id) if previous_id else None
+        if previous_fd is not None:
+            undo.release(lambda: libbpf.close_fd(previous_fd))
+        replace_cls_bpf(disp_fd, libbpf.prog_info(disp_fd)["id"], hook["ifindex"], hook["direction"])
+        if previous_fd is not None:
+            undo.add(lambda: replace_cls_bpf(previous_fd, previous_id, hook["ifindex"], hook["direction"]))
+
+    def detach(self, hook: dict, undo=None) -> None:
+        previous_id = cls_bpf_state(hook["ifindex"], hook["direction"])["dispatcher_id"]
+        previous_fd = libbpf.prog_fd_by_id(previous_id) if (undo is not None and previous_id) else None
+        detach_cls_bpf(hook["ifindex"], hook["direction"], hook.get("clsact_created", False))
+        if previous_fd is not None:
+            undo.release(lambda: libbpf.close_fd(previous_fd))
+            undo.add(lambda: attach_cls_bpf(previous_fd, previous_id, hook["ifindex"], hook["direction"]))
+
+    def live_prog_id(self, hook: dict) -> int | None:
+        return cls_bpf_state(hook["ifindex"], hook["direction"])["dispatcher_id"]

@@ -9,6 +9,7 @@ import errno
 
 from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+from ansible_collections.bpfd.core.plugins.module_utils._attach_link import LinkAttachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 
 MODES = {
@@ -55,3 +56,19 @@ def attach(prog_fd: int, ifindex: int, mode: str | None) -> tuple[int, str]:
         if exc.details.get("errno") not in _NO_NATIVE:
             raise
     return libbpf.link_create(prog_fd, ifindex, libbpf.ATTACH_XDP, MODES["skb"]), "skb"
+
+
+class XdpAttachment(LinkAttachment):
+    """The XDP hook of an interface, held by a pinned bpf_link."""
+
+    def foreign(self, hook: dict) -> str | None:
+        found = foreign_program(hook["ifindex"])
+        if not found:
+            return None
+        return ("interface %s already has XDP program %s (id %d, %s mode) that bpfd.core did not "
+                "attach (%s); remove it first, bpfd.core never replaces it"
+                % (hook["interface"], found["name"] or "?", found["id"], found["mode"], found["owner"]))
+
+    def create_link(self, hook: dict, disp_fd: int) -> int:
+        link_fd, hook["mode"] = attach(disp_fd, hook["ifindex"], hook.get("mode"))
+        return link_fd

@@ -64,7 +64,9 @@ def program_facts(record: dict, position: int | None, hook: dict | None, kernel:
         "interface": record["interface"],
         "position": position,
         "proceed_on": record["proceed_on"],
+        "direction": record.get("direction"),
         "xdp_mode": (hook or {}).get("mode") if record["kind"] == "xdp" else None,
+        "tc_attach": (hook or {}).get("mode") if record["kind"] == "tc" else None,
         "dispatcher_id": (hook or {}).get("dispatcher_id"),
         "link_id": (hook or {}).get("link_id"),
         "id": record.get("prog_id"),
@@ -115,6 +117,7 @@ def chain_view(hook: dict | None, members: list) -> dict:
     hook = hook or {}
     return {
         "interface": members[0]["interface"] if members else hook.get("interface"),
+        "direction": members[0].get("direction") if members else hook.get("direction"),
         "mode": hook.get("mode"),
         "dispatcher_id": hook.get("dispatcher_id"),
         "programs": [{"position": i, "name": m["name"], "priority": m["priority"],
@@ -128,7 +131,8 @@ def diff_text(chains: dict) -> str:
     lines = []
     for key in sorted(chains):
         chain = chains[key]
-        lines.append("%s (%s, %s mode):" % (key, chain["interface"], chain["mode"] or "auto"))
+        where = chain["interface"] + (" " + chain["direction"] if chain.get("direction") else "")
+        lines.append("%s (%s, %s mode):" % (key, where, chain["mode"] or "auto"))
         for prog in chain["programs"]:
             lines.append("  %d: %s priority=%d proceed_on=%s" % (
                 prog["position"], prog["name"], prog["priority"], ",".join(prog["proceed_on"])))

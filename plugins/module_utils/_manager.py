@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from ansible_collections.bpfd.core.plugins.module_utils import _attach_tc
 from ansible_collections.bpfd.core.plugins.module_utils import _attach_xdp
 from ansible_collections.bpfd.core.plugins.module_utils import _dispatcher
 from ansible_collections.bpfd.core.plugins.module_utils import _facts
@@ -26,13 +27,16 @@ from ansible_collections.bpfd.core.plugins.module_utils import _loader
 from ansible_collections.bpfd.core.plugins.module_utils import _member
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
 from ansible_collections.bpfd.core.plugins.module_utils import _proceed_on
+from ansible_collections.bpfd.core.plugins.module_utils._attach_link import Attachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._state import (
     Layout, StateStore, ensure_bpffs, remove_pin, remove_pin_tree,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-HOOK_PROG_TYPES = {"xdp": (libbpf.PROG_TYPE_XDP,)}
+HOOK_PROG_TYPES = {"xdp": (libbpf.PROG_TYPE_XDP,), "tc": (libbpf.PROG_TYPE_SCHED_CLS,)}
+HOOK_MODES = {"xdp": tuple(_attach_xdp.MODES), "tc": _attach_tc.ATTACH_METHODS}
+MODE_OPTION = {"xdp": "xdp_mode", "tc": "tc_attach"}
 LONG_LOCK_WAIT = 1.0
 
 
@@ -49,10 +53,11 @@ class ProgramSpec:
     function: str | None = None
     mode: str | None = None
     metadata: dict = field(default_factory=dict)
+    direction: str | None = None
 
 
-def hook_key(kind: str, ifindex: int) -> str:
-    return "%s_%d" % (kind, ifindex)
+def hook_key(kind: str, ifindex: int, direction: str | None = None) -> str:
+    return "_".join([kind, str(ifindex)] + ([direction] if direction else []))
 
 
 class _Undo:
@@ -99,7 +104,7 @@ class Manager:
         _loader.check_object_file(spec.path)
         sha256 = _loader.file_sha256(spec.path)
         ifindex = _netlink.interface_index(spec.interface)
-        key = hook_key(spec.kind, ifindex)
+        key = hook_key(spec.kind, ifindex, spec.direction)
         with self._session(check_mode) as (store, notes):
             old = store.programs.get(spec.name)
             if old is not None and old["kind"] != spec.kind:
@@ -184,8 +189,10 @@ class Manager:
             raise BpfdError("name %r is not valid: use 1-63 letters, digits, '_', '.' or '-', "
                             "starting with a letter or digit" % spec.name)
         _proceed_on.check_priority(spec.priority)
-        if spec.mode is not None and spec.mode not in _attach_xdp.MODES:
-            raise BpfdError("xdp_mode must be one of %s" % ", ".join(_attach_xdp.MODES))
+        if spec.mode is not None and spec.mode not in HOOK_MODES[spec.kind]:
+            raise BpfdError("%s must be one of %s" % (MODE_OPTION[spec.kind], ", ".join(HOOK_MODES[spec.kind])))
+        if spec.kind == "tc" and spec.direction not in _attach_tc.DIRECTIONS:
+            raise BpfdError("direction must be one of %s" % ", ".join(_attach_tc.DIRECTIONS))
         return _proceed_on.normalize(spec.kind, spec.proceed_on)
 
     def _record(self, spec: ProgramSpec, proceed_on: list, sha256: str, ifindex: int, key: str,
@@ -193,7 +200,7 @@ class Manager:
         record = dict(old or {})
         record.update({
             "name": spec.name, "kind": spec.kind, "path": spec.path, "sha256": sha256,
-            "interface": spec.interface, "ifindex": ifindex, "hook": key,
+            "interface": spec.interface, "ifindex": ifindex, "hook": key, "direction": spec.direction,
             "priority": spec.priority, "proceed_on": proceed_on,
             "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
         })
@@ -206,7 +213,7 @@ class Manager:
         if old is None:
             return ["loaded"]
         changes = ["bytecode"] if reload else []
-        for key in ("interface", "priority", "proceed_on", "metadata", "path", "requested_mode"):
+        for key in ("interface", "direction", "priority", "proceed_on", "metadata", "path", "requested_mode"):
             if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
                 changes.append(key)
         return changes
@@ -214,13 +221,17 @@ class Manager:
     def _hook_mode(self, store: StateStore, key: str, spec: ProgramSpec, old: dict | None) -> str | None:
         hook = store.hooks.get(key)
         others = [n for n in (hook or {}).get("members", []) if n != spec.name]
+        if hook is None and spec.mode is None and spec.kind == "tc":
+            return "tcx" if _attach_tc.kernel_has_tcx() else "cls_bpf"
         if hook is None or not others:
             return spec.mode
         if spec.mode is not None and spec.mode != hook["mode"]:
+            where = spec.interface + ("" if spec.kind == "xdp" else " " + str(spec.direction))
             raise BpfdError(
-                "interface %s already runs its XDP dispatcher in %s mode (programs: %s); "
-                "all programs on one interface share the mode: use xdp_mode: %s or omit it"
-                % (spec.interface, hook["mode"], ", ".join(others), hook["mode"]))
+                "interface %s already runs its %s dispatcher in %s mode (programs: %s); "
+                "all programs on one attach point share the mode: use %s: %s or omit it"
+                % (where, spec.kind.upper(), hook["mode"], ", ".join(others), MODE_OPTION[spec.kind],
+                   hook["mode"]))
         return hook["mode"]
 
     @staticmethod
@@ -243,7 +254,8 @@ class Manager:
             members = [m["name"] for m in self._members(programs, hook)]
             if members:
                 entry = predicted.hooks.setdefault(hook, {"kind": new["kind"], "ifindex": new["ifindex"],
-                                                          "interface": new["interface"], "mode": mode})
+                                                          "interface": new["interface"], "mode": mode,
+                                                          "direction": new.get("direction")})
                 entry["members"] = members
             else:
                 predicted.hooks.pop(hook, None)
@@ -332,7 +344,7 @@ class Manager:
             if hook is None:
                 hook = self._attach(store, key, members[0], disp_fd, mode, undo)
             else:
-                self._swap(hook, disp_fd, undo)
+                self._swap(key, hook, disp_fd, undo)
             hook["dispatcher_id"] = libbpf.prog_info(disp_fd)["id"]
         hook["members"] = [m["name"] for m in members]
         hook["revision"] = hook.get("revision", 0) + 1
@@ -353,64 +365,34 @@ class Manager:
             stack.callback(libbpf.close_fd, fd)
             yield fd
 
+    def _attachment(self, key: str, hook: dict) -> Attachment:
+        if hook["kind"] == "xdp":
+            return _attach_xdp.XdpAttachment(os.path.join(self.layout.hook_dir(key), "link"))
+        if hook["mode"] == "cls_bpf":
+            return _attach_tc.ClsBpfAttachment()
+        return _attach_tc.TcxAttachment(os.path.join(self.layout.hook_dir(key), "link"))
+
     def _attach(self, store: StateStore, key: str, first: dict, disp_fd: int, mode: str | None,
                 undo: _Undo) -> dict:
-        foreign = _attach_xdp.foreign_program(first["ifindex"])
-        if foreign:
-            raise BpfdError(
-                "interface %s already has XDP program %s (id %d, %s mode) that bpfd.core did not "
-                "attach (%s); remove it first, bpfd.core never replaces it"
-                % (first["interface"], foreign["name"] or "?", foreign["id"], foreign["mode"],
-                   foreign["owner"]), foreign_program=foreign)
-        link_fd, used_mode = _attach_xdp.attach(disp_fd, first["ifindex"], mode)
-        with libbpf.owned_fd(link_fd):
-            pin = os.path.join(self.layout.hook_dir(key), "link")
-            os.makedirs(os.path.dirname(pin), mode=0o750, exist_ok=True)
-            libbpf.obj_pin(link_fd, pin)
-            undo.add(lambda: remove_pin_tree(os.path.dirname(pin)))
-            link_id = libbpf.link_info(link_fd)["id"]
         hook = {"kind": first["kind"], "ifindex": first["ifindex"], "interface": first["interface"],
-                "mode": used_mode, "link_pin": pin, "link_id": link_id, "revision": 0}
+                "direction": first.get("direction"), "mode": mode, "revision": 0}
+        attachment = self._attachment(key, hook)
+        foreign = attachment.foreign(hook)
+        if foreign:
+            raise BpfdError(foreign)
+        attachment.attach(hook, disp_fd, undo)
         store.hooks[key] = hook
         undo.add(lambda: store.hooks.pop(key, None))
         return hook
 
-    @staticmethod
-    def _swap(hook: dict, disp_fd: int, undo: _Undo) -> None:
-        with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as link_fd:
-            previous_id = libbpf.link_info(link_fd)["prog_id"]
-            previous_fd = libbpf.prog_fd_by_id(previous_id)
-            libbpf.link_update(link_fd, disp_fd)
-
-        def swap_back() -> None:
-            with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as fd:
-                libbpf.link_update(fd, previous_fd)
-        undo.release(lambda: libbpf.close_fd(previous_fd))
-        undo.add(swap_back)
+    def _swap(self, key: str, hook: dict, disp_fd: int, undo: _Undo) -> None:
+        self._attachment(key, hook).swap(hook, disp_fd, undo)
 
     def _detach(self, store: StateStore, key: str, undo: _Undo | None = None) -> None:
-        """Detach explicitly: unpinning alone leaves the link attached while
-        anybody (bpftool, an RCU grace period) still holds a reference."""
         hook = store.hooks.pop(key)
-        previous_fd = None
-        with contextlib.suppress(BpfdError, OSError):
-            with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as link_fd:
-                if undo is not None:
-                    previous_fd = libbpf.prog_fd_by_id(libbpf.link_info(link_fd)["prog_id"])
-                libbpf.link_detach(link_fd)
-        remove_pin_tree(os.path.dirname(hook["link_pin"]))
-        if undo is not None and previous_fd is not None:
-            undo.release(lambda: libbpf.close_fd(previous_fd))
-            undo.add(lambda: self._reattach(store, key, hook, previous_fd))
-
-    def _reattach(self, store: StateStore, key: str, hook: dict, prog_fd: int) -> None:
-        """Undo of a detach: the previous dispatcher back on a new link."""
-        link_fd, _mode = _attach_xdp.attach(prog_fd, hook["ifindex"], hook["mode"])
-        with libbpf.owned_fd(link_fd):
-            os.makedirs(os.path.dirname(hook["link_pin"]), mode=0o750, exist_ok=True)
-            libbpf.obj_pin(link_fd, hook["link_pin"])
-            hook["link_id"] = libbpf.link_info(link_fd)["id"]
-        store.hooks[key] = hook
+        self._attachment(key, hook).detach(hook, undo)
+        if undo is not None:
+            undo.add(lambda: store.hooks.__setitem__(key, hook))
 
     def _remove(self, store: StateStore, name: str) -> None:
         record = store.programs[name]
@@ -465,20 +447,15 @@ class Manager:
 
     def _repair_hook(self, store: StateStore, key: str, hook: dict, notes: list) -> None:
         members = [m["name"] for m in self._members(store.programs, key)]
-        live_prog_id = None
-        try:
-            with libbpf.owned_fd(libbpf.obj_get(hook["link_pin"])) as link_fd:
-                info = libbpf.link_info(link_fd)
-                live_prog_id = info["prog_id"] if info["target"] else None
-        except BpfdError:
-            pass
+        attachment = self._attachment(key, hook)
+        live_prog_id = attachment.live_prog_id(hook)
         if members == hook["members"] and live_prog_id == hook.get("dispatcher_id"):
             return
         notes.append("%s: the kernel did not match the record (dispatcher %s, recorded %s, members "
                      "%s); rebuilt" % (key, live_prog_id, hook.get("dispatcher_id"), ", ".join(members)))
         if live_prog_id is None:
             store.hooks.pop(key)
-            remove_pin_tree(self.layout.hook_dir(key))
+            attachment.detach(hook)
         undo = _Undo()
         self._sync_hook(store, store.programs, key, hook.get("mode"), None, undo)
         undo.forget()

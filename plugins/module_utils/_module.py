@@ -65,5 +65,34 @@ def bytecode_path(params: dict, check_mode: bool, layout: Layout | None = None) 
     return kept if os.path.exists(kept) else shipped
 
 
+def chained_program(module: Any, kind: str, mode: str | None, direction: str | None = None) -> None:
+    """The whole body of a dispatcher-chained program module (XDP, TC)."""
+    from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
+
+    params = module.params
+    manager = Manager()
+
+    def operation() -> dict:
+        if params["state"] == "absent":
+            return manager.absent(name=params["name"], prog_id=params["id"], check_mode=module.check_mode)
+        spec = ProgramSpec(
+            name=params["name"], kind=kind, path=bytecode_path(params, module.check_mode),
+            interface=params["interface"], priority=params["priority"], direction=direction,
+            proceed_on=params["proceed_on"], function=params["bpf_function_name"],
+            mode=mode, metadata=metadata(params))
+        return manager.present(spec, check_mode=module.check_mode)
+
+    run(module, operation)
+
+
+def chained_program_rules(**extra: Any) -> dict:
+    """mutually_exclusive / required_if for chained program modules."""
+    rules = dict(PROGRAM_ARG_RULES)
+    rules["required_if"] = rules["required_if"] + [("state", "present", ("interface", "priority"))] + \
+        extra.pop("required_if", [])
+    rules.update(extra)
+    return rules
+
+
 def metadata(params: dict) -> dict:
     return {str(k): str(v) for k, v in (params.get("metadata") or {}).items()}

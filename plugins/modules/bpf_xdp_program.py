@@ -225,7 +225,6 @@ reconciled:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.bpfd.core.plugins.module_utils import _module
-from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
 from ansible_collections.bpfd.core.plugins.module_utils._proceed_on import XDP_ACTIONS, XDP_DEFAULT_PROCEED_ON
 
 
@@ -238,23 +237,9 @@ def main() -> None:
                         default=list(XDP_DEFAULT_PROCEED_ON)),
         xdp_mode=dict(type="str", choices=["native", "skb", "hw"]),
     )
-    rules = dict(_module.PROGRAM_ARG_RULES)
-    rules["required_if"] = rules["required_if"] + [("state", "present", ("interface", "priority"))]
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **rules)
-    params = module.params
-    manager = Manager()
-
-    def operation() -> dict:
-        if params["state"] == "absent":
-            return manager.absent(name=params["name"], prog_id=params["id"], check_mode=module.check_mode)
-        spec = ProgramSpec(
-            name=params["name"], kind="xdp", path=_module.bytecode_path(params, module.check_mode),
-            interface=params["interface"], priority=params["priority"],
-            proceed_on=params["proceed_on"], function=params["bpf_function_name"],
-            mode=params["xdp_mode"], metadata=_module.metadata(params))
-        return manager.present(spec, check_mode=module.check_mode)
-
-    _module.run(module, operation)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           **_module.chained_program_rules())
+    _module.chained_program(module, "xdp", mode=module.params["xdp_mode"])
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def test_chain_view_positions_follow_the_given_order():
     hook = {"interface": "veth0", "mode": "native", "dispatcher_id": 77}
     view = _facts.chain_view(hook, [member("a", 10, prog_id=5), member("b", 20, ["drop"], prog_id=6)])
     assert view == {
-        "interface": "veth0", "mode": "native", "dispatcher_id": 77,
+        "interface": "veth0", "direction": None, "mode": "native", "dispatcher_id": 77,
         "programs": [
             {"position": 0, "name": "a", "priority": 10, "proceed_on": ["pass", "dispatcher_return"], "id": 5},
             {"position": 1, "name": "b", "priority": 20, "proceed_on": ["drop"], "id": 6},

@@ -200,8 +200,11 @@ class Machine:
             else:
                 regs[ins.dst] = ((high << 32) | (ins.imm & 0xFFFFFFFF)) & MASK64
             return pc + 2
-        if cls == 7:  # ALU64
+        if cls in (4, 7):  # ALU, ALU64
             source = self.value(regs, ins.src) if code & 8 else ins.imm & MASK64
+            if cls == 4:  # 32-bit: operands and result zero-extended from the low 32 bits
+                assert isinstance(source, int)
+                source &= 0xFFFFFFFF
             if op == 0xB0:
                 regs[ins.dst] = source
                 return pc + 1
@@ -214,7 +217,11 @@ class Machine:
                 0x00: lambda a, b: a + b, 0x10: lambda a, b: a - b, 0x40: lambda a, b: a | b,
                 0x50: lambda a, b: a & b, 0x60: lambda a, b: a << (b & 63), 0x70: lambda a, b: a >> (b & 63),
                 0xA0: lambda a, b: a ^ b}
-            regs[ins.dst] = operations[op](dst, source) & MASK64
+            if cls == 4:
+                regs[ins.dst] = operations[op](dst & 0xFFFFFFFF, source & 31 if op in (0x60, 0x70) else source) \
+                    & 0xFFFFFFFF
+            else:
+                regs[ins.dst] = operations[op](dst, source) & MASK64
             return pc + 1
         if cls in (5, 6):
             if op == 0x80:  # call
@@ -495,7 +502,9 @@ def test_exits_become_jumps_past_the_body(kind: str) -> None:
     body = decoded(linked.insns)[start:start + 5]
     assert body == [jump(JEQ_K, 1, 2), mov(1), Insn(code=JA, off=2), mov(2), Insn(code=JA, off=0)]
     after = start + 5  # the template's instruction after the slot call
-    assert Insn.decode(linked.insns, after) == Insn.decode(template.insns, slot_call_index(template, 0) + 1)
+    call = slot_call_index(template, 0)
+    assert entry_positions(template, {0: 5})[call + 1] == after
+    assert Insn.decode(linked.insns, after).code == Insn.decode(template.insns, call + 1).code
 
 
 def test_config_loads_follow_the_shift(kind: str) -> None:
