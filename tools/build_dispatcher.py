@@ -359,8 +359,8 @@ def read_template(elf: Elf, kind: str, layout: ConfigLayout) -> Template:
             config_loads.append((index, _config_offset(elf, reloc, ins, layout)))
         else:
             raise BuildError("unexpected relocation type %d at byte %d" % (reloc.type, reloc.offset))
-    _check_unrelocated(raw, {i for i, _ in slot_calls + config_loads})
-    if sorted(slot for _, slot in slot_calls) != list(range(layout.max_slots)):
+    _check_unrelocated(raw, {i for i, _what in slot_calls + config_loads})
+    if sorted(slot for _index, slot in slot_calls) != list(range(layout.max_slots)):
         raise BuildError("%s() must call each of the %d slots once" % (entry, layout.max_slots))
     slot_calls = sorted(slot_calls)
     preserved = preserved_registers(raw, tuple(slot_calls))
@@ -460,7 +460,7 @@ def clang_version(clang: str) -> str:
 def compile_source(clang: str, source: Path, workdir: Path) -> bytes:
     obj = workdir / "dispatcher.bpf.o"
     result = subprocess.run(
-        [clang, *CLANG_FLAGS, str(source), "-o", str(obj)], capture_output=True, text=True
+        [clang, *CLANG_FLAGS, str(source), "-o", str(obj)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise BuildError("clang failed:\n%s" % result.stderr)

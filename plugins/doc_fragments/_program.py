@@ -42,6 +42,15 @@ options:
       - Defaults to the only program of the right type in the object; an object with several
         needs this option.
     type: str
+  global_data:
+    description:
+      - Values written over global variables of the object before it is loaded, as bpfd's
+        C(--global NAME=HEX). Keys are variable names (in C(.rodata), C(.data) or C(.bss)),
+        values hex bytes in the object's byte order, exactly the variable's size
+        (V(01000000) is a little-endian 32-bit 1).
+      - Changing a value reloads the program and swaps it in atomically; its maps are kept.
+    type: dict
+    default: {}
   metadata:
     description:
       - Free-form key/value pairs stored with the program and usable as a filter by

@@ -55,7 +55,7 @@ def program_facts(record: dict, position: int | None, hook: dict | None, kernel:
         "bpf_function_name": record.get("bpf_function_name"),
         "image_url": None,
         "pull_policy": None,
-        "global_data": {},
+        "global_data": record.get("global_data", {}),
         "metadata": record.get("metadata", {}),
         "map_pin_path": record.get("map_pin_path"),
         "map_owner_id": None,

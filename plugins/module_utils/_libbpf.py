@@ -296,6 +296,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__pin_path": (cp, [vp]),
         "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(sz)]),
         "bpf_map__set_initial_value": (i, [vp, vp, sz]),
+        "bpf_map__reuse_fd": (i, [vp, i]),
+        "bpf_map__key_size": (u32, [vp]),
+        "bpf_map__value_size": (u32, [vp]),
+        "bpf_map__max_entries": (u32, [vp]),
+        "bpf_map__map_flags": (u32, [vp]),
         "bpf_prog_load": (i, [i, cp, cp, vp, sz, ctypes.POINTER(_ProgLoadOpts)]),
         "bpf_btf_load": (i, [vp, sz, ctypes.POINTER(_BtfLoadOpts)]),
         "bpf_map_create": (i, [i, cp, u32, u32, u32, ctypes.POINTER(_MapCreateOpts)]),
@@ -453,6 +458,17 @@ class Map:
         ptr = lib().bpf_map__initial_value(self._h, ctypes.byref(size))
         return ctypes.string_at(ptr, size.value) if ptr else b""
 
+    def definition(self) -> dict:
+        """What must match for an existing map to stand in for this one."""
+        lb = lib()
+        return {"type": self.map_type, "key_size": lb.bpf_map__key_size(self._h),
+                "value_size": lb.bpf_map__value_size(self._h),
+                "max_entries": lb.bpf_map__max_entries(self._h), "map_flags": lb.bpf_map__map_flags(self._h)}
+
+    def reuse_fd(self, fd: int) -> None:
+        """Use an existing kernel map instead of creating this one at load."""
+        _check(lib().bpf_map__reuse_fd(self._h, fd), "reusing an existing map for %s" % self.name)
+
     def set_initial_value(self, data: bytes) -> None:
         buf = ctypes.create_string_buffer(data, len(data))
         _check(lib().bpf_map__set_initial_value(self._h, buf, len(data)),
@@ -470,6 +486,7 @@ class BpfObject:
         with captured_messages() as messages:
             ptr = lb.bpf_object__open_file(path.encode(), ctypes.byref(opts))
         self._h = _check_ptr(ptr, "opening BPF object %s" % path, "\n".join(messages))
+        self.path = path
 
     def programs(self) -> list[Program]:
         out, cur = [], None

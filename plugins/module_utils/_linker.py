@@ -50,9 +50,10 @@ map's fd in its ``imm``.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import struct
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Optional, Sequence, Set
 
 from ansible_collections.bpfd.core.plugins.module_utils import _dispatcher_bytecode
 from ansible_collections.bpfd.core.plugins.module_utils import _insn
@@ -339,7 +340,6 @@ class _Member:
 
     def __init__(self, slot: int, raw: bytes, preserved: Sequence[int]) -> None:
         self.slot = slot
-        self.raw = raw
         self.slots, decoded = _decoded_member(slot, raw)
         self.count = len(self.slots)
         self.decoded = decoded  # (index, insn), without ld_imm64 second halves
@@ -420,9 +420,10 @@ class _Function:
 
 def _member_functions_stack(member: _Member) -> dict[int, _Function]:
     bounds = member.func_offsets + [member.count]
+    indices = [index for index, _ins in member.decoded]
     functions = {}
     for start, end in zip(bounds, bounds[1:]):
-        decoded = [(i, ins) for i, ins in member.decoded if start <= i < end]
+        decoded = member.decoded[bisect.bisect_left(indices, start):bisect.bisect_left(indices, end)]
         callees, tail_call = [], False
         for index, ins in decoded:
             if _insn.is_pseudo_call(ins) or _insn.is_pseudo_func(ins):
@@ -438,7 +439,7 @@ def _stack_depth(decoded: list[tuple[int, _insn.Insn]], start: int, end: int) ->
     if not any(FRAME_POINTER in (ins.dst, ins.src) for _index, ins in decoded):
         return 0
     deepest = 0
-    at = {index: ins for index, ins in decoded}
+    at = dict(decoded)
     states: dict[int, tuple] = {start: tuple([frozenset()] * 10 + [frozenset([0])])}
     work = [start]
 
@@ -507,8 +508,9 @@ def _successors(index: int, ins: _insn.Insn) -> list[int]:
 
 
 def _frame(depth: int, jit: bool) -> int:
-    """A frame as the kernel counts it: JITed programs round to 16 bytes (kernels
-    since 6.7), the interpreter and older kernels to 32 with a minimum of 32."""
+    """A frame as the kernel's verifier counts it (round_up_stack_depth): with the
+    JIT on, recent kernels round to 16 bytes; the interpreter, and older kernels
+    always, round to 32 with a minimum of 32."""
     if jit:
         return (depth + 15) // 16 * 16
     return (max(depth, 1) + 31) // 32 * 32
@@ -624,7 +626,7 @@ def _assemble(template: DispatcherTemplate, members: Sequence[_Member], inlined:
         out.extend(member.slots[member.body_end:] if member.slot in inlined else member.slots)
     starts = sorted(funcs)
     return (_insn.encode_all(out), starts, [funcs[s] for s in starts], member_starts,
-            [new_index[index] for index, _ in template.config_loads])
+            [new_index[index] for index, _offset in template.config_loads])
 
 
 def _splice(member: _Member, base: int, subprograms: int) -> list[_insn.Insn]:

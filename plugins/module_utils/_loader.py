@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ansible_collections.bpfd.core.plugins.module_utils import _elf
 from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
 from ansible_collections.bpfd.core.plugins.module_utils import _member
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
@@ -57,6 +58,7 @@ class LoadedProgram:
     relocs: list = field(default_factory=list)
     maps: dict = field(default_factory=dict)  # name -> {"id", "internal"}
     frags: bool = False
+    notes: list = field(default_factory=list)
 
     def close(self) -> None:
         self.obj.close()
@@ -84,8 +86,65 @@ def _choose(programs: list[libbpf.Program], function: str | None,
                     % (path, kind, ", ".join(p.name for p in fitting)))
 
 
+def _internal_map(obj: libbpf.BpfObject, section: str) -> libbpf.Map | None:
+    """libbpf names a data section's map '<object prefix><section>', truncated."""
+    for bpf_map in obj.maps():
+        if bpf_map.is_internal and "." in bpf_map.name:
+            suffix = "." + bpf_map.name.split(".", 1)[1]
+            if section == suffix or section.startswith(suffix):
+                return bpf_map
+    return None
+
+
+def apply_global_data(obj: libbpf.BpfObject, path: str, global_data: dict) -> None:
+    """Write each {name: hex} over the named global before load (bpfd's --global)."""
+    variables = _elf.global_variables(path)
+    for name, value in sorted(global_data.items()):
+        var = variables.get(name)
+        if var is None:
+            raise BpfdError("global_data: %s is not a global variable of %s (it has: %s)"
+                            % (name, path, ", ".join(sorted(variables)) or "none"))
+        data = _elf.parse_hex(name, value)
+        if len(data) != var.size:
+            raise BpfdError("global_data: %s is %d bytes in %s, the value given has %d"
+                            % (name, var.size, path, len(data)))
+        bpf_map = _internal_map(obj, var.section)
+        if bpf_map is None:
+            raise BpfdError("global_data: %s lives in section %s, which libbpf did not turn into a map"
+                            % (name, var.section))
+        initial = bytearray(bpf_map.initial_value())
+        initial[var.offset:var.offset + var.size] = data
+        bpf_map.set_initial_value(bytes(initial))
+
+
+def reuse_maps(obj: libbpf.BpfObject, pins: dict, strict: bool) -> list:
+    """Let the new object use existing maps (same name, compatible definition).
+
+    strict (map_owner): an incompatible map is an error. Otherwise (a reload)
+    it is replaced by a new, empty map and the returned notes say so.
+    """
+    notes = []
+    for bpf_map in obj.maps():
+        pin = pins.get(bpf_map.name)
+        if bpf_map.is_internal or pin is None or not os.path.exists(pin):
+            continue
+        with libbpf.owned_fd(libbpf.obj_get(pin)) as fd:
+            have = libbpf.map_info(fd)
+            want = bpf_map.definition()
+            if all(have[key] == want[key] for key in want):
+                bpf_map.reuse_fd(fd)
+                continue
+        differ = ", ".join("%s %s -> %s" % (k, have[k], want[k]) for k in want if have[k] != want[k])
+        if strict:
+            raise BpfdError("map %s of %s cannot share the existing map at %s: %s"
+                            % (bpf_map.name, obj.path, pin, differ))
+        notes.append("map %s changed its definition (%s); a new, empty map replaces it" % (bpf_map.name, differ))
+    return notes
+
+
 def load_program(path: str, *, function: str | None, prog_types: Iterable[int], kind: str,
-                 map_pin_dir: str) -> LoadedProgram:
+                 map_pin_dir: str, global_data: dict | None = None, reuse: dict | None = None,
+                 strict_reuse: bool = False) -> LoadedProgram:
     """Open, select one function, load it alone; the caller pins and closes."""
     check_object_file(path)
     obj = libbpf.BpfObject(path, pin_root_path=map_pin_dir)
@@ -94,6 +153,9 @@ def load_program(path: str, *, function: str | None, prog_types: Iterable[int], 
         chosen = _choose(programs, function, prog_types, kind, path)
         for prog in programs:
             prog.set_autoload(prog is chosen)
+        if global_data:
+            apply_global_data(obj, path, global_data)
+        notes = reuse_maps(obj, reuse or {}, strict_reuse)
         obj.load()
         insns = chosen.instructions()
         maps = {}
@@ -109,7 +171,7 @@ def load_program(path: str, *, function: str | None, prog_types: Iterable[int], 
             obj=obj, function=chosen.name, section=chosen.section, prog_type=chosen.prog_type,
             fd=chosen.fd, prog_id=libbpf.prog_info(chosen.fd)["id"], insns=insns,
             relocs=_member.map_relocations(insns, fd_to_id), maps=maps,
-            frags=bool(chosen.flags & libbpf.BPF_F_XDP_HAS_FRAGS))
+            frags=bool(chosen.flags & libbpf.BPF_F_XDP_HAS_FRAGS), notes=notes)
     except BpfdError as exc:
         obj.close()
         if "loading the BPF object" in exc.msg:

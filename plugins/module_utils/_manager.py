@@ -54,6 +54,7 @@ class ProgramSpec:
     mode: str | None = None
     metadata: dict = field(default_factory=dict)
     direction: str | None = None
+    global_data: dict = field(default_factory=dict)
 
 
 def hook_key(kind: str, ifindex: int, direction: str | None = None) -> str:
@@ -112,7 +113,8 @@ class Manager:
                                 % (old["kind"], spec.name))
             new = self._record(spec, proceed_on, sha256, ifindex, key, old)
             reload = old is None or old["sha256"] != sha256 or (
-                spec.function is not None and spec.function != old["bpf_function_name"])
+                spec.function is not None and spec.function != old["bpf_function_name"]) or (
+                old.get("global_data", {}) != new["global_data"])
             affected = [key] + ([old["hook"]] if old and old["hook"] != key else [])
             mode = self._hook_mode(store, key, spec, old)
             before = self._chains(store, affected)
@@ -127,9 +129,12 @@ class Manager:
                 predicted = self._predicted(store, after_programs, affected, key, mode, new)
                 return self._result(predicted, spec.name, True, before,
                                     self._chains(predicted, affected), notes, changes=changes)
-            self._apply(store, spec, new, old, reload, affected, mode)
-            return self._result(store, spec.name, True, before, self._chains(store, affected), notes,
-                                changes=changes)
+            warnings = self._apply(store, spec, new, old, reload, affected, mode)
+            result = self._result(store, spec.name, True, before, self._chains(store, affected), notes,
+                                  changes=changes)
+            if warnings:
+                result["warnings"] = warnings
+            return result
 
     def absent(self, name: str | None = None, prog_id: int | None = None,
                check_mode: bool = False) -> dict:
@@ -203,6 +208,7 @@ class Manager:
             "interface": spec.interface, "ifindex": ifindex, "hook": key, "direction": spec.direction,
             "priority": spec.priority, "proceed_on": proceed_on,
             "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
+            "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
         })
         if spec.function is not None:
             record["bpf_function_name"] = spec.function
@@ -212,7 +218,10 @@ class Manager:
     def _changes(old: dict | None, new: dict, reload: bool) -> list:
         if old is None:
             return ["loaded"]
-        changes = ["bytecode"] if reload else []
+        changes = []
+        if reload:
+            changes.append("global_data" if old["sha256"] == new["sha256"] and old.get(
+                "global_data", {}) != new["global_data"] else "bytecode")
         for key in ("interface", "direction", "priority", "proceed_on", "metadata", "path", "requested_mode"):
             if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
                 changes.append(key)
@@ -270,7 +279,8 @@ class Manager:
     # --- acting ----------------------------------------------------------------
 
     def _apply(self, store: StateStore, spec: ProgramSpec, new: dict, old: dict | None,
-               reload: bool, affected: list, mode: str | None) -> None:
+               reload: bool, affected: list, mode: str | None) -> list:
+        """Load (if needed), swap every affected hook, record; return warnings."""
         undo = _Undo()
         loaded = None
         retired_pin = old["prog_pin"] if (old and reload) else None
@@ -294,14 +304,17 @@ class Manager:
         finally:
             if loaded is not None:
                 loaded.close()
+        return loaded.notes if loaded is not None else []
 
     def _load_member(self, spec: ProgramSpec, record: dict, undo: _Undo) -> _loader.LoadedProgram:
         map_dir = self.layout.map_dir(spec.name)
         maps_before = set(_listdir(map_dir)) if os.path.isdir(map_dir) else None
         undo.add(lambda: _remove_new_entries(map_dir, maps_before or set(), keep_dir=maps_before is not None))
+        # A reload keeps the program's pinned maps when their definition still fits.
         loaded = _loader.load_program(spec.path, function=spec.function,
                                       prog_types=HOOK_PROG_TYPES[spec.kind], kind=spec.kind,
-                                      map_pin_dir=map_dir)
+                                      map_pin_dir=map_dir, global_data=record["global_data"],
+                                      reuse={m: os.path.join(map_dir, m) for m in maps_before or ()})
         program_dir = self.layout.program_dir(spec.name)
         pins_before = set(_listdir(program_dir)) if os.path.isdir(program_dir) else None
         undo.add(lambda: _remove_new_entries(program_dir, pins_before or set(), keep_dir=pins_before is not None))
@@ -513,6 +526,11 @@ class Manager:
             result["chain"] = [_facts.program_facts(m, i, hook, kernel="prog_id" in m)
                                for i, m in enumerate(self._members(store.programs, record["hook"]))]
         return result
+
+
+def _normal_hex(value) -> str:
+    text = str(value).strip().lower().replace(" ", "").replace(":", "")
+    return text[2:] if text.startswith("0x") else text
 
 
 def _remove_new_entries(directory: str, existing: set, keep_dir: bool) -> None:

@@ -24,6 +24,7 @@ PROGRAM_ARGS = dict(
     src=dict(type="path"),
     bpf_function_name=dict(type="str"),
     metadata=dict(type="dict", default={}),
+    global_data=dict(type="dict", default={}),
 )
 
 PROGRAM_ARG_RULES = dict(
@@ -79,7 +80,7 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
             name=params["name"], kind=kind, path=bytecode_path(params, module.check_mode),
             interface=params["interface"], priority=params["priority"], direction=direction,
             proceed_on=params["proceed_on"], function=params["bpf_function_name"],
-            mode=mode, metadata=metadata(params))
+            mode=mode, metadata=metadata(params), global_data=params["global_data"])
         return manager.present(spec, check_mode=module.check_mode)
 
     run(module, operation)

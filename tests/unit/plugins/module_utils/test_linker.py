@@ -372,7 +372,7 @@ def check_structure(linked: _linker.LinkedDispatcher) -> None:
 
 def test_template_calls_every_slot_once(kind: str) -> None:
     template = _linker.load_template(kind)
-    assert sorted(slot for _, slot in template.slot_calls) == list(range(template.max_slots))
+    assert sorted(slot for _index, slot in template.slot_calls) == list(range(template.max_slots))
     for index, _slot in template.slot_calls:
         assert _insn.is_pseudo_call(Insn.decode(template.insns, index))
 
@@ -462,7 +462,7 @@ def test_only_slot_calls_jumps_and_config_loads_of_the_entry_change(kind: str) -
     linked = link_dispatcher(kind, [RETURN_PASS, RETURN_DROP], [1, 1])
     positions = entry_positions(template, {0: 2, 1: 2})
     calls = dict(template.slot_calls)
-    loads = {i for i, _ in template.config_loads} | {i + 1 for i, _ in template.config_loads}
+    loads = {i for i, _offset in template.config_loads} | {i + 1 for i, _offset in template.config_loads}
     for index, ins in enumerate(decoded(template.insns)):
         if index in calls or index in loads:
             continue
@@ -512,7 +512,7 @@ def test_config_loads_follow_the_shift(kind: str) -> None:
     members = [block(*[mov(1)] * 7, EXIT), RETURN_PASS, member_with_loop(2)]
     linked = link_dispatcher(kind, members, [1, 1, 1])
     positions = entry_positions(template, {0: 8, 1: 2, 2: _linker._Member(2, members[2], (6,)).body_end})
-    assert linked.config_loads == [positions[index] for index, _ in template.config_loads]
+    assert linked.config_loads == [positions[index] for index, _offset in template.config_loads]
     for index, (_old, offset) in zip(linked.config_loads, template.config_loads):
         low, high = Insn.decode(linked.insns, index), Insn.decode(linked.insns, index + 1)
         assert (low.code, low.src, low.imm, high.imm) == (_insn.OP_LD_IMM64, _insn.PSEUDO_MAP_VALUE, 0, offset)
@@ -759,9 +759,9 @@ def test_each_member_shape_runs(kind: str, shape: str, inline: bool) -> None:
 def test_random_chains_run_as_the_masks_say(kind: str, seed: int) -> None:
     rng = random.Random(seed)
     size = rng.choice([1, 2, 5, 10])
-    shapes = [rng.choice(sorted(MEMBER_KINDS)) for _ in range(size)]
-    verdicts = [rng.choice(VERDICTS[kind]) for _ in range(size)]
-    masks = [rng.choice([0, 0xFFFFFFFF, XDP_DEFAULT, rng.getrandbits(32)]) for _ in range(size)]
+    shapes = [rng.choice(sorted(MEMBER_KINDS)) for _slot in range(size)]
+    verdicts = [rng.choice(VERDICTS[kind]) for _slot in range(size)]
+    masks = [rng.choice([0, 0xFFFFFFFF, XDP_DEFAULT, rng.getrandbits(32)]) for _slot in range(size)]
     for inline in (True, False):
         linked, result, hits = run_chain(kind, shapes, verdicts, masks, inline)
         want, ran = expected(kind, verdicts, masks)
