@@ -51,6 +51,13 @@ options:
       - Changing a value reloads the program and swaps it in atomically; its maps are kept.
     type: dict
     default: {}
+  map_owner:
+    description:
+      - Name of another managed program whose maps this program uses instead of creating its
+        own (matched by map name; definitions must be compatible), as bpfd's C(--map-owner-id).
+      - Both programs' facts list the sharers in RV(program.maps_used_by). Removing the owner
+        while others still use its maps keeps the maps pinned for them.
+    type: str
   metadata:
     description:
       - Free-form key/value pairs stored with the program and usable as a filter by

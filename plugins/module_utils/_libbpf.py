@@ -729,3 +729,99 @@ def fdinfo_memlock(fd: int) -> int | None:
     except OSError:
         pass
     return None
+
+
+# --- map reading (bpf_map_info): read-only pins, per-CPU sizes, map BTF ------
+
+# enum bpf_map_type, as bpftool names them
+MAP_TYPE_NAMES = {
+    0: "unspec", 1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array",
+    5: "percpu_hash", 6: "percpu_array", 7: "stack_trace", 8: "cgroup_array",
+    9: "lru_hash", 10: "lru_percpu_hash", 11: "lpm_trie", 12: "array_of_maps",
+    13: "hash_of_maps", 14: "devmap", 15: "sockmap", 16: "cpumap", 17: "xskmap",
+    18: "sockhash", 19: "cgroup_storage", 20: "reuseport_sockarray",
+    21: "percpu_cgroup_storage", 22: "queue", 23: "stack", 24: "sk_storage",
+    25: "devmap_hash", 26: "struct_ops", 27: "ringbuf", 28: "inode_storage",
+    29: "task_storage", 30: "bloom_filter", 31: "user_ringbuf", 32: "cgrp_storage",
+    33: "arena",
+}
+MAP_TYPE_PERCPU_CGROUP_STORAGE = 21
+
+BPF_F_RDONLY = 1 << 3
+
+
+class _ObjGetOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("file_flags", ctypes.c_uint32),
+    ]
+
+
+class _BtfInfo(ctypes.Structure):
+    _fields_ = [
+        ("btf", ctypes.c_uint64),
+        ("btf_size", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("name", ctypes.c_uint64),
+        ("name_len", ctypes.c_uint32),
+        ("kernel_btf", ctypes.c_uint32),
+    ]
+
+
+_READER_SIGNATURES = {
+    "bpf_obj_get_opts": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_ObjGetOpts)]),
+    "bpf_btf_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
+    "libbpf_num_possible_cpus": (ctypes.c_int, []),
+}
+_reader_declared: list = []
+
+
+def _reader_lib() -> ctypes.CDLL:
+    """lib(), with the signatures of the calls below declared once."""
+    loaded = lib()
+    with _lock:
+        if not _reader_declared:
+            for name, (restype, argtypes) in _READER_SIGNATURES.items():
+                fn = getattr(loaded, name)
+                fn.restype = restype
+                fn.argtypes = argtypes
+            _reader_declared.append(True)
+    return loaded
+
+
+def obj_get_readonly(path: str) -> int:
+    """BPF_OBJ_GET with BPF_F_RDONLY: a map fd that can only read (needs r on the pin)."""
+    opts = _ObjGetOpts(sz=ctypes.sizeof(_ObjGetOpts), file_flags=BPF_F_RDONLY)
+    return _check(_reader_lib().bpf_obj_get_opts(path.encode(), ctypes.byref(opts)),
+                  "opening pin %s" % path)
+
+
+def num_possible_cpus() -> int:
+    """How many value slots a per-CPU map lookup returns."""
+    return _check(_reader_lib().libbpf_num_possible_cpus(), "counting possible CPUs")
+
+
+def map_btf_ids(fd: int) -> dict:
+    """The BTF a map was created with: object id and key/value type ids (0: none)."""
+    info = _info(fd, _MapInfo, "reading map info")
+    return {"btf_id": info.btf_id, "btf_key_type_id": info.btf_key_type_id,
+            "btf_value_type_id": info.btf_value_type_id,
+            "btf_vmlinux_value_type_id": info.btf_vmlinux_value_type_id}
+
+
+def btf_fd_by_id(btf_id: int) -> int:
+    """BPF_BTF_GET_FD_BY_ID (the kernel requires CAP_SYS_ADMIN)."""
+    return _check(_reader_lib().bpf_btf_get_fd_by_id(btf_id), "opening BTF id %d" % btf_id)
+
+
+def btf_data(fd: int) -> bytes:
+    """The raw BTF blob (header, types, strings) behind a BTF fd."""
+    info = _info(fd, _BtfInfo, "reading BTF info")
+    if not info.btf_size:
+        return b""
+    buf = ctypes.create_string_buffer(info.btf_size)
+    again = _BtfInfo(btf=ctypes.addressof(buf), btf_size=info.btf_size)
+    size = ctypes.c_uint32(ctypes.sizeof(again))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(again), ctypes.byref(size)),
+           "reading BTF data")
+    return buf.raw[:again.btf_size]

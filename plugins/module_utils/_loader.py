@@ -194,12 +194,13 @@ def _bpfd_gid() -> int | None:
     return None
 
 
-def pin_maps(loaded: LoadedProgram, map_dir: str) -> None:
-    """Pin every map but global-data ones at <map_dir>/<map>, 0660 group bpfd."""
+def pin_maps(loaded: LoadedProgram, map_dir: str, skip: Iterable[str] = ()) -> None:
+    """Pin every map but global-data ones (and `skip`: shared ones pinned by
+    their owner) at <map_dir>/<map>, 0660 group bpfd."""
     os.makedirs(map_dir, mode=0o750, exist_ok=True)
     gid = _bpfd_gid()
     for bpf_map in loaded.obj.maps():
-        if bpf_map.is_internal or bpf_map.fd < 0:
+        if bpf_map.is_internal or bpf_map.fd < 0 or bpf_map.name in skip:
             continue
         path = os.path.join(map_dir, bpf_map.name)
         if bpf_map.pin_path != path:

@@ -55,6 +55,7 @@ class ProgramSpec:
     metadata: dict = field(default_factory=dict)
     direction: str | None = None
     global_data: dict = field(default_factory=dict)
+    map_owner: str | None = None
 
 
 def hook_key(kind: str, ifindex: int, direction: str | None = None) -> str:
@@ -111,10 +112,11 @@ class Manager:
             if old is not None and old["kind"] != spec.kind:
                 raise BpfdError("a %s program named %s already exists; names are unique per host"
                                 % (old["kind"], spec.name))
+            self._check_map_owner(store, spec)
             new = self._record(spec, proceed_on, sha256, ifindex, key, old)
             reload = old is None or old["sha256"] != sha256 or (
                 spec.function is not None and spec.function != old["bpf_function_name"]) or (
-                old.get("global_data", {}) != new["global_data"])
+                old.get("global_data", {}) != new["global_data"]) or old.get("map_owner") != spec.map_owner
             affected = [key] + ([old["hook"]] if old and old["hook"] != key else [])
             mode = self._hook_mode(store, key, spec, old)
             before = self._chains(store, affected)
@@ -151,7 +153,7 @@ class Manager:
             after_store = store if not check_mode else self._without(store, name)
             result = self._result(after_store, None, True, before,
                                   self._chains(after_store, [record["hook"]]), notes)
-            result["program"] = _facts.program_facts(record, None, None, kernel=False)
+            result["program"] = self._facts(store, record, None, None, kernel=False)
             return result
 
     def list(self, *, name: str | None = None, prog_id: int | None = None, kind: str | None = None,
@@ -161,8 +163,8 @@ class Manager:
             programs = []
             for rec_name in sorted(store.programs):
                 record = store.programs[rec_name]
-                facts = _facts.program_facts(record, self._position(store, rec_name),
-                                             store.hooks.get(record["hook"]))
+                facts = self._facts(store, record, self._position(store, rec_name),
+                                    store.hooks.get(record["hook"]))
                 if _facts.matches(facts, name=name, prog_id=prog_id, kind=kind,
                                   interface=interface, metadata=metadata):
                     programs.append(facts)
@@ -209,6 +211,7 @@ class Manager:
             "priority": spec.priority, "proceed_on": proceed_on,
             "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
             "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
+            "map_owner": spec.map_owner,
         })
         if spec.function is not None:
             record["bpf_function_name"] = spec.function
@@ -222,10 +225,24 @@ class Manager:
         if reload:
             changes.append("global_data" if old["sha256"] == new["sha256"] and old.get(
                 "global_data", {}) != new["global_data"] else "bytecode")
-        for key in ("interface", "direction", "priority", "proceed_on", "metadata", "path", "requested_mode"):
+        for key in ("interface", "direction", "priority", "proceed_on", "metadata", "path", "requested_mode",
+                    "map_owner"):
             if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
                 changes.append(key)
         return changes
+
+    def _check_map_owner(self, store: StateStore, spec: ProgramSpec) -> None:
+        owner = spec.map_owner
+        if owner is None:
+            return
+        if owner == spec.name:
+            raise BpfdError("map_owner of %s names the program itself" % spec.name)
+        if owner not in store.programs:
+            raise BpfdError("map_owner %s names no program managed on this host (managed: %s)"
+                            % (owner, ", ".join(sorted(store.programs)) or "none"))
+        if store.programs[owner].get("map_owner"):
+            raise BpfdError("map_owner %s itself uses the maps of %s: name %s instead"
+                            % (owner, store.programs[owner]["map_owner"], store.programs[owner]["map_owner"]))
 
     def _hook_mode(self, store: StateStore, key: str, spec: ProgramSpec, old: dict | None) -> str | None:
         hook = store.hooks.get(key)
@@ -297,7 +314,7 @@ class Manager:
             if retired_pin:
                 remove_pin(retired_pin)
             if loaded is not None:
-                self._repin_maps(spec.name, loaded)
+                self._repin_maps(spec, loaded)
         except BaseException:
             undo.run()
             raise
@@ -310,11 +327,17 @@ class Manager:
         map_dir = self.layout.map_dir(spec.name)
         maps_before = set(_listdir(map_dir)) if os.path.isdir(map_dir) else None
         undo.add(lambda: _remove_new_entries(map_dir, maps_before or set(), keep_dir=maps_before is not None))
-        # A reload keeps the program's pinned maps when their definition still fits.
+        if spec.map_owner:
+            # The owner's maps, by name: the kernel objects are shared (bpfd's map_owner).
+            owner_dir = self.layout.map_dir(spec.map_owner)
+            reuse, strict = {m: os.path.join(owner_dir, m) for m in _listdir(owner_dir)}, True
+        else:
+            # A reload keeps the program's pinned maps when their definition still fits.
+            reuse, strict = {m: os.path.join(map_dir, m) for m in maps_before or ()}, False
         loaded = _loader.load_program(spec.path, function=spec.function,
                                       prog_types=HOOK_PROG_TYPES[spec.kind], kind=spec.kind,
                                       map_pin_dir=map_dir, global_data=record["global_data"],
-                                      reuse={m: os.path.join(map_dir, m) for m in maps_before or ()})
+                                      reuse=reuse, strict_reuse=strict)
         program_dir = self.layout.program_dir(spec.name)
         pins_before = set(_listdir(program_dir)) if os.path.isdir(program_dir) else None
         undo.add(lambda: _remove_new_entries(program_dir, pins_before or set(), keep_dir=pins_before is not None))
@@ -328,16 +351,17 @@ class Manager:
             "bpf_function_name": loaded.function, "section": loaded.section,
             "prog_id": loaded.prog_id, "prog_pin": pin, "insns": _member.encode(loaded.insns),
             "relocs": loaded.relocs, "maps": loaded.maps, "frags": loaded.frags,
-            "map_pin_path": map_dir,
+            "map_pin_path": self.layout.map_dir(spec.map_owner) if spec.map_owner else map_dir,
         })
         return loaded
 
-    def _repin_maps(self, name: str, loaded: _loader.LoadedProgram) -> None:
-        map_dir = self.layout.map_dir(name)
+    def _repin_maps(self, spec: ProgramSpec, loaded: _loader.LoadedProgram) -> None:
+        map_dir = self.layout.map_dir(spec.name)
         for entry in os.listdir(map_dir) if os.path.isdir(map_dir) else []:
             if entry not in loaded.maps or not loaded.maps[entry]["pinned_by_object"]:
                 remove_pin(os.path.join(map_dir, entry))
-        _loader.pin_maps(loaded, map_dir)
+        shared = set(_listdir(self.layout.map_dir(spec.map_owner))) if spec.map_owner else set()
+        _loader.pin_maps(loaded, map_dir, skip=shared)
 
     def _sync_hook(self, store: StateStore, programs: dict, key: str, mode: str | None,
                    loaded: _loader.LoadedProgram | None, undo: _Undo) -> None:
@@ -420,7 +444,25 @@ class Manager:
             undo.run()
             raise
         remove_pin_tree(self.layout.program_dir(name))
-        remove_pin_tree(self.layout.map_dir(name))
+        self._release_maps(store, name, record)
+
+    def _release_maps(self, store: StateStore, name: str, record: dict) -> None:
+        """A removed owner's maps stay pinned while programs still use them (bpfd
+        semantics); the last user's removal takes them away."""
+        retained = store.data.setdefault("retained_maps", {})
+        if any(r.get("map_owner") == name for r in store.programs.values()):
+            retained[name] = self.layout.map_dir(name)
+        else:
+            remove_pin_tree(self.layout.map_dir(name))
+        owner = record.get("map_owner")
+        if owner in retained and not any(r.get("map_owner") == owner for r in store.programs.values()):
+            remove_pin_tree(retained.pop(owner))
+        store.save()
+
+    def maps_used_by(self, store: StateStore, record: dict) -> list:
+        owner = record.get("map_owner") or record["name"]
+        users = [r for r in store.programs.values() if r["name"] == owner or r.get("map_owner") == owner]
+        return sorted(r["prog_id"] for r in users if r.get("prog_id"))
 
     # --- reconcile ---------------------------------------------------------------
 
@@ -490,7 +532,7 @@ class Manager:
                         notes.append("removed %s: a leftover of an interrupted run" % os.path.join(path, leaf))
                         remove_pin_tree(os.path.join(path, leaf))
         for entry in _listdir(self.layout.maps_dir):
-            if entry not in store.programs:
+            if entry not in store.programs and entry not in store.data.get("retained_maps", {}):
                 notes.append("removed %s: no recorded program owns these maps"
                              % os.path.join(self.layout.maps_dir, entry))
                 remove_pin_tree(os.path.join(self.layout.maps_dir, entry))
@@ -501,6 +543,15 @@ class Manager:
         record = store.programs[name]
         names = [m["name"] for m in self._members(store.programs, record["hook"])]
         return names.index(name) if name in names else None
+
+    def _facts(self, store: StateStore, record: dict, position: int | None, hook: dict | None,
+               kernel: bool = True) -> dict:
+        facts = _facts.program_facts(record, position, hook, kernel=kernel)
+        owner = store.programs.get(record.get("map_owner") or "")
+        facts["map_owner"] = record.get("map_owner")
+        facts["map_owner_id"] = owner.get("prog_id") if owner else None
+        facts["maps_used_by"] = self.maps_used_by(store, record)
+        return facts
 
     def _chains(self, store: StateStore, keys: list) -> dict:
         chains = {}
@@ -521,9 +572,9 @@ class Manager:
         if name is not None:
             record = store.programs[name]
             hook = store.hooks.get(record["hook"])
-            result["program"] = _facts.program_facts(record, self._position(store, name), hook,
-                                                     kernel="prog_id" in record)
-            result["chain"] = [_facts.program_facts(m, i, hook, kernel="prog_id" in m)
+            result["program"] = self._facts(store, record, self._position(store, name), hook,
+                                            kernel="prog_id" in record)
+            result["chain"] = [self._facts(store, m, i, hook, kernel="prog_id" in m)
                                for i, m in enumerate(self._members(store.programs, record["hook"]))]
         return result
 

@@ -25,6 +25,7 @@ PROGRAM_ARGS = dict(
     bpf_function_name=dict(type="str"),
     metadata=dict(type="dict", default={}),
     global_data=dict(type="dict", default={}),
+    map_owner=dict(type="str"),
 )
 
 PROGRAM_ARG_RULES = dict(
@@ -80,7 +81,8 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
             name=params["name"], kind=kind, path=bytecode_path(params, module.check_mode),
             interface=params["interface"], priority=params["priority"], direction=direction,
             proceed_on=params["proceed_on"], function=params["bpf_function_name"],
-            mode=mode, metadata=metadata(params), global_data=params["global_data"])
+            mode=mode, metadata=metadata(params), global_data=params["global_data"],
+            map_owner=params["map_owner"])
         return manager.present(spec, check_mode=module.check_mode)
 
     run(module, operation)
