@@ -50,12 +50,12 @@ from ansible_collections.bpfd.core.plugins.module_utils import _loader, _proceed
 from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec  # noqa: E402
 
 
-def build_xdp_pass(outdir: pathlib.Path) -> str:
+def build_objects(outdir: pathlib.Path) -> dict:
     spec = importlib.util.spec_from_file_location("bpfd_fixture_build", REPO / "tests/fixtures/bpf/build.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["bpfd_fixture_build"] = module
     spec.loader.exec_module(module)
-    return str(module.build_fixtures(outdir, ["xdp_pass"])["xdp_pass"])
+    return {name: str(path) for name, path in module.build_fixtures(outdir, ["xdp_pass", "tc_pass"]).items()}
 
 
 def ns_per_packet(fd: int, rounds: int, repeat: int) -> float:
@@ -63,14 +63,16 @@ def ns_per_packet(fd: int, rounds: int, repeat: int) -> float:
     return min(libbpf.prog_test_run(fd, packet, repeat)[1] for _round in range(rounds))
 
 
-def bench_dispatcher(obj: str, rounds: int, repeat: int) -> dict:
-    direct = _loader.load_program(obj, function="pass", prog_types=(libbpf.PROG_TYPE_XDP,),
-                                  kind="xdp", map_pin_dir=tempfile.mkdtemp(prefix="bpfd-bench-maps-"))
-    mask = _proceed_on.mask("xdp", _proceed_on.XDP_DEFAULT_PROCEED_ON)
+def bench_dispatcher(kind: str, obj: str, rounds: int, repeat: int) -> dict:
+    """A pass program alone vs. through the dispatcher, members proceeding on its verdict."""
+    prog_type = libbpf.PROG_TYPE_XDP if kind == "xdp" else libbpf.PROG_TYPE_SCHED_CLS
+    direct = _loader.load_program(obj, function=None, prog_types=(prog_type,),
+                                  kind=kind, map_pin_dir=tempfile.mkdtemp(prefix="bpfd-bench-maps-"))
+    mask = _proceed_on.mask(kind, ["pass", "dispatcher_return"] if kind == "xdp" else ["ok", "dispatcher_return"])
     figures = {"direct": ns_per_packet(direct.fd, rounds, repeat)}
     try:
         for members in (1, 5, 10):
-            fd = _dispatcher.load("xdp", [direct.insns] * members, [mask] * members)
+            fd = _dispatcher.load(kind, [direct.insns] * members, [mask] * members)
             try:
                 figures["dispatcher_%d" % members] = ns_per_packet(fd, rounds, repeat)
             finally:
@@ -153,16 +155,19 @@ def main() -> int:
     if args.quick:
         args.rounds, args.repeat = 3, 100_000
     with tempfile.TemporaryDirectory() as tmp:
-        obj = build_xdp_pass(pathlib.Path(tmp))
-        disp = bench_dispatcher(obj, args.rounds, args.repeat)
-        host = bench_host_side(obj, args.rounds)
-        pb = bench_playbook(obj)
-    base = disp["direct"]
-    print("BPF_PROG_TEST_RUN, 64-byte packet, min of %d rounds x %d:" % (args.rounds, args.repeat))
-    for key, value in disp.items():
-        print("  %-14s %5.1f ns/packet  (%+5.1f ns vs direct, x%.2f)" % (key, value, value - base, value / base))
-    per_member = (disp["dispatcher_10"] - disp["dispatcher_1"]) / 9
-    print("  each further member: %.2f ns" % per_member)
+        objects = build_objects(pathlib.Path(tmp))
+        disp = {kind: bench_dispatcher(kind, objects["%s_pass" % kind], args.rounds, args.repeat)
+                for kind in ("xdp", "tc")}
+        host = bench_host_side(objects["xdp_pass"], args.rounds)
+        pb = bench_playbook(objects["xdp_pass"])
+    per_member = {}
+    for kind, figures in disp.items():
+        base = figures["direct"]
+        print("%s: BPF_PROG_TEST_RUN, 64-byte packet, min of %d rounds x %d:" % (kind.upper(), args.rounds, args.repeat))
+        for key, value in figures.items():
+            print("  %-14s %5.1f ns/packet  (%+5.1f ns vs direct, x%.2f)" % (key, value, value - base, value / base))
+        per_member[kind] = (figures["dispatcher_10"] - figures["dispatcher_1"]) / 9
+        print("  each further member: %.2f ns" % per_member[kind])
     print("host side through module_utils: load %.1f ms, no-op re-run %.1f ms (max %.1f ms)"
           % (host["load_ms_median"], host["noop_ms_median"], host["noop_ms_max"]))
     print("ansible-playbook, 10 programs: %.2f s; no-op re-run %.2f s"

@@ -952,10 +952,8 @@ class RegistryClient:
             if "NAME_UNKNOWN" in codes:
                 msg = "image %s not found: registry %s has no repository %s" % (
                     self.ref.name, host, self.ref.repository)
-            elif "MANIFEST_UNKNOWN" in codes and what == "manifest":
-                msg = "image %s not found: repository %s on %s has no %s %s" % (
-                    self.ref.name, self.ref.repository, host,
-                    "manifest" if self.ref.digest else "tag", self.ref.reference)
+            elif what == "manifest":
+                msg = "image %s not found: %s" % (self.ref.name, self._what_is_missing())
             else:
                 msg = "image %s not found: registry %s has no %s there (HTTP 404)" % (
                     self.ref.name, host, what)
@@ -970,6 +968,26 @@ class RegistryClient:
                              registry=host, status=400)
         return BpfdError("registry %s answered HTTP %d %s for the %s of %s" % (
             host, status, response.reason or "", what, self.ref.name), registry=host, status=status)
+
+    def _what_is_missing(self) -> str:
+        """Tag or repository? (distribution says MANIFEST_UNKNOWN for both.)"""
+        host, repo = self.ref.api_host, self.ref.repository
+        kind = "manifest" if self.ref.digest else "tag"
+        tags = None
+        with contextlib.suppress(Exception):
+            response = self.registry.do_request(self._url("tags", "list"), "GET")
+            with contextlib.closing(response):
+                if response.status_code == 404:
+                    return "registry %s has no repository %s" % (host, repo)
+                if response.status_code == 200:
+                    tags = sorted(response.json().get("tags") or [])
+        text = "repository %s on %s has no %s %s" % (repo, host, kind, self.ref.reference)
+        if tags is not None:
+            shown = [t for t in tags if not t.endswith(".sig")][:10]
+            text += " (its tags: %s%s)" % (", ".join(shown) or "none",
+                                           ", ..." if len(tags) > len(shown) + sum(
+                                               t.endswith(".sig") for t in tags) else "")
+        return text
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
