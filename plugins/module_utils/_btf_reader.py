@@ -322,6 +322,9 @@ class Btf:
             raise BtfError("type nesting too deep")
         _, btf_type = self.resolve(type_id)
         kind = btf_type.kind
+        if kind not in (KIND_INT, KIND_ENUM, KIND_ENUM64, KIND_PTR, KIND_FLOAT, KIND_ARRAY,
+                        KIND_STRUCT, KIND_UNION):
+            raise BtfError("cannot build a value of type %s" % self.type_name(type_id))
         size = self.size_of(type_id)
         if kind == KIND_INT:
             number = self._int_value(value, btf_type)

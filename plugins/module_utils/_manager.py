@@ -102,41 +102,87 @@ class Manager:
     # --- public operations ------------------------------------------------
 
     def present(self, spec: ProgramSpec, check_mode: bool = False) -> dict:
-        proceed_on = self._validate(spec)
-        _loader.check_object_file(spec.path)
-        sha256 = _loader.file_sha256(spec.path)
-        ifindex = _netlink.interface_index(spec.interface)
-        key = hook_key(spec.kind, ifindex, spec.direction)
+        """One program as declared; its hook(s) swapped once."""
+        return self.converge([spec], check_mode=check_mode)
+
+    def chain(self, kind: str, interface: str, specs: list, direction: str | None = None,
+              exclusive: bool = False, check_mode: bool = False) -> dict:
+        """A whole attach point as declared, with one dispatcher swap whatever changes.
+
+        With `exclusive`, managed programs on the hook that are not listed are removed.
+        """
+        key = hook_key(kind, _netlink.interface_index(interface), direction)
+        for spec in specs:
+            if (spec.kind, spec.interface, spec.direction) != (kind, interface, direction):
+                raise BpfdError("program %s of the chain must be a %s program on %s" % (spec.name, kind, interface))
+        return self.converge(specs, check_mode=check_mode, exclusive_key=key if exclusive else None,
+                             whole_chain=key)
+
+    def converge(self, specs: list, check_mode: bool = False, exclusive_key: str | None = None,
+                 whole_chain: str | None = None) -> dict:
+        plans = [self._plan(spec) for spec in specs]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise BpfdError("each program name may appear once: %s" % ", ".join(sorted(
+                n for n in set(names) if names.count(n) > 1)))
         with self._session(check_mode) as (store, notes):
-            old = store.programs.get(spec.name)
-            if old is not None and old["kind"] != spec.kind:
-                raise BpfdError("a %s program named %s already exists; names are unique per host"
-                                % (old["kind"], spec.name))
-            self._check_map_owner(store, spec)
-            new = self._record(spec, proceed_on, sha256, ifindex, key, old)
-            reload = old is None or old["sha256"] != sha256 or (
-                spec.function is not None and spec.function != old["bpf_function_name"]) or (
-                old.get("global_data", {}) != new["global_data"]) or old.get("map_owner") != spec.map_owner
-            affected = [key] + ([old["hook"]] if old and old["hook"] != key else [])
-            mode = self._hook_mode(store, key, spec, old)
+            programs = dict(store.programs)
+            steps, changes, affected = [], {}, [] if whole_chain is None else [whole_chain]
+            for spec, proceed_on, sha256, ifindex, key in plans:
+                old = store.programs.get(spec.name)
+                if old is not None and old["kind"] != spec.kind:
+                    raise BpfdError("a %s program named %s already exists; names are unique per host"
+                                    % (old["kind"], spec.name))
+                self._check_map_owner(store, spec)
+                new = self._record(spec, proceed_on, sha256, ifindex, key, old)
+                reload = old is None or old["sha256"] != sha256 or (
+                    spec.function is not None and spec.function != old["bpf_function_name"]) or (
+                    old.get("global_data", {}) != new["global_data"]) or old.get("map_owner") != spec.map_owner
+                programs[spec.name] = new
+                affected += [k for k in (key, old and old["hook"]) if k and k not in affected]
+                spec_changes = self._changes(old, new, reload)
+                if spec_changes:
+                    steps.append((spec, new, old, reload))
+                    changes[spec.name] = spec_changes
+            removed = {n: r for n, r in store.programs.items() if r["hook"] == exclusive_key and n not in names}
+            for name in removed:
+                del programs[name]
+            modes = {key: self._hook_mode(store, key, [p[0] for p in plans if p[4] == key], programs)
+                     for key in affected}
             before = self._chains(store, affected)
-            changes = self._changes(old, new, reload)
-            if not changes:
-                return self._result(store, spec.name, False, before, before, notes)
-            after_programs = dict(store.programs)
-            after_programs[spec.name] = new
-            for hook in affected:
-                self._check_capacity(after_programs, hook)
+            if not steps and not removed:
+                return self._converged(store, specs, whole_chain, False, before, before, notes, {}, [])
+            for key in affected:
+                self._check_capacity(programs, key)
             if check_mode:
-                predicted = self._predicted(store, after_programs, affected, key, mode, new)
-                return self._result(predicted, spec.name, True, before,
-                                    self._chains(predicted, affected), notes, changes=changes)
-            warnings = self._apply(store, spec, new, old, reload, affected, mode)
-            result = self._result(store, spec.name, True, before, self._chains(store, affected), notes,
-                                  changes=changes)
+                predicted = self._predicted(store, programs, affected, modes)
+                return self._converged(predicted, specs, whole_chain, True, before,
+                                       self._chains(predicted, affected), notes, changes, sorted(removed))
+            warnings = self._apply(store, programs, steps, removed, affected, modes)
+            result = self._converged(store, specs, whole_chain, True, before, self._chains(store, affected),
+                                     notes, changes, sorted(removed))
             if warnings:
                 result["warnings"] = warnings
             return result
+
+    def _plan(self, spec: ProgramSpec) -> tuple:
+        """Everything about one spec that needs no lock: validation, file, interface."""
+        proceed_on = self._validate(spec)
+        _loader.check_object_file(spec.path)
+        ifindex = _netlink.interface_index(spec.interface)
+        return spec, proceed_on, _loader.file_sha256(spec.path), ifindex, hook_key(spec.kind, ifindex, spec.direction)
+
+    def _converged(self, store: StateStore, specs: list, whole_chain: str | None, changed: bool,
+                   before: dict, after: dict, notes: list, changes: dict, removed: list) -> dict:
+        if whole_chain is None:
+            name = specs[0].name
+            return self._result(store, name, changed, before, after, notes, changes=changes.get(name))
+        result = {"changed": changed, "reconciled": notes, "changes": changes, "removed": removed,
+                  "diff": {"before": _facts.diff_text(before), "after": _facts.diff_text(after)}}
+        hook = store.hooks.get(whole_chain)
+        result["chain"] = [self._facts(store, m, i, hook, kernel="prog_id" in m)
+                           for i, m in enumerate(self._members(store.programs, whole_chain))]
+        return result
 
     def absent(self, name: str | None = None, prog_id: int | None = None,
                check_mode: bool = False) -> dict:
@@ -244,21 +290,32 @@ class Manager:
             raise BpfdError("map_owner %s itself uses the maps of %s: name %s instead"
                             % (owner, store.programs[owner]["map_owner"], store.programs[owner]["map_owner"]))
 
-    def _hook_mode(self, store: StateStore, key: str, spec: ProgramSpec, old: dict | None) -> str | None:
+    def _hook_mode(self, store: StateStore, key: str, specs: list, programs: dict) -> str | None:
+        """The mode the hook runs in after this task (all its programs share it)."""
         hook = store.hooks.get(key)
-        others = [n for n in (hook or {}).get("members", []) if n != spec.name]
-        if hook is None and spec.mode is None and spec.kind == "tc":
+        listed = {spec.name for spec in specs}
+        others = [n for n in (hook or {}).get("members", []) if n not in listed and n in programs]
+        explicit = sorted({spec.mode for spec in specs if spec.mode is not None})
+        kind = hook["kind"] if hook else (specs[0].kind if specs else "xdp")
+        if len(explicit) > 1:
+            raise BpfdError("programs of one attach point ask for different %s values: %s"
+                            % (MODE_OPTION[kind], ", ".join(explicit)))
+        if hook is not None and others:
+            if explicit and explicit[0] != hook["mode"]:
+                spec = specs[0]
+                where = spec.interface + ("" if kind == "xdp" else " " + str(spec.direction))
+                raise BpfdError(
+                    "interface %s already runs its %s dispatcher in %s mode (programs: %s); "
+                    "all programs on one attach point share the mode: use %s: %s or omit it"
+                    % (where, kind.upper(), hook["mode"], ", ".join(others), MODE_OPTION[kind], hook["mode"]))
+            return hook["mode"]
+        if explicit:
+            return explicit[0]
+        if hook is not None:
+            return hook["mode"]
+        if kind == "tc":
             return "tcx" if _attach_tc.kernel_has_tcx() else "cls_bpf"
-        if hook is None or not others:
-            return spec.mode
-        if spec.mode is not None and spec.mode != hook["mode"]:
-            where = spec.interface + ("" if spec.kind == "xdp" else " " + str(spec.direction))
-            raise BpfdError(
-                "interface %s already runs its %s dispatcher in %s mode (programs: %s); "
-                "all programs on one attach point share the mode: use %s: %s or omit it"
-                % (where, spec.kind.upper(), hook["mode"], ", ".join(others), MODE_OPTION[spec.kind],
-                   hook["mode"]))
-        return hook["mode"]
+        return None
 
     @staticmethod
     def _members(programs: dict, key: str) -> list:
@@ -271,57 +328,59 @@ class Manager:
                             % (_proceed_on.MAX_MEMBERS, members[0]["interface"], len(members),
                                ", ".join(m["name"] for m in members)))
 
-    def _predicted(self, store: StateStore, programs: dict, affected: list, key: str,
-                   mode: str | None, new: dict) -> StateStore:
+    def _predicted(self, store: StateStore, programs: dict, affected: list, modes: dict) -> StateStore:
         predicted = copy.copy(store)
         predicted.data = copy.deepcopy(store.data)
         predicted.data["programs"] = programs
         for hook in affected:
-            members = [m["name"] for m in self._members(programs, hook)]
+            members = self._members(programs, hook)
             if members:
-                entry = predicted.hooks.setdefault(hook, {"kind": new["kind"], "ifindex": new["ifindex"],
-                                                          "interface": new["interface"], "mode": mode,
-                                                          "direction": new.get("direction")})
-                entry["members"] = members
+                first = members[0]
+                entry = predicted.hooks.setdefault(hook, {"kind": first["kind"], "ifindex": first["ifindex"],
+                                                          "interface": first["interface"],
+                                                          "direction": first.get("direction")})
+                entry["mode"] = modes.get(hook) or entry.get("mode")
+                entry["members"] = [m["name"] for m in members]
             else:
                 predicted.hooks.pop(hook, None)
         return predicted
 
     def _without(self, store: StateStore, name: str) -> StateStore:
         programs = {n: r for n, r in store.programs.items() if n != name}
-        record = store.programs[name]
-        return self._predicted(store, programs, [record["hook"]], record["hook"],
-                               store.hooks.get(record["hook"], {}).get("mode"), record)
+        return self._predicted(store, programs, [store.programs[name]["hook"]], {})
 
     # --- acting ----------------------------------------------------------------
 
-    def _apply(self, store: StateStore, spec: ProgramSpec, new: dict, old: dict | None,
-               reload: bool, affected: list, mode: str | None) -> list:
-        """Load (if needed), swap every affected hook, record; return warnings."""
+    def _apply(self, store: StateStore, programs: dict, steps: list, removed: dict, affected: list,
+               modes: dict) -> list:
+        """Load what changed, swap every affected hook once, record; return warnings."""
         undo = _Undo()
-        loaded = None
-        retired_pin = old["prog_pin"] if (old and reload) else None
+        loaded: dict = {}
         try:
-            if reload:
-                loaded = self._load_member(spec, new, undo)
-            programs = dict(store.programs)
-            programs[spec.name] = new
+            for spec, new, _old, reload in steps:
+                if reload:
+                    loaded[spec.name] = self._load_member(spec, new, undo)
+            by_id = {lp.prog_id: lp for lp in loaded.values()}
             for key in affected:
-                self._sync_hook(store, programs, key, mode, loaded, undo)
+                self._sync_hook(store, programs, key, modes.get(key), by_id, undo)
             store.data["programs"] = programs
             store.save()
             undo.forget()
-            if retired_pin:
-                remove_pin(retired_pin)
-            if loaded is not None:
-                self._repin_maps(spec, loaded)
+            for spec, _new, old, reload in steps:
+                if reload and old:
+                    remove_pin(old["prog_pin"])
+                if spec.name in loaded:
+                    self._repin_maps(spec, loaded[spec.name])
+            for name, record in removed.items():
+                remove_pin_tree(self.layout.program_dir(name))
+                self._release_maps(store, name, record)
         except BaseException:
             undo.run()
             raise
         finally:
-            if loaded is not None:
-                loaded.close()
-        return loaded.notes if loaded is not None else []
+            for each in loaded.values():
+                each.close()
+        return [note for each in loaded.values() for note in each.notes]
 
     def _load_member(self, spec: ProgramSpec, record: dict, undo: _Undo) -> _loader.LoadedProgram:
         map_dir = self.layout.map_dir(spec.name)
@@ -364,7 +423,7 @@ class Manager:
         _loader.pin_maps(loaded, map_dir, skip=shared)
 
     def _sync_hook(self, store: StateStore, programs: dict, key: str, mode: str | None,
-                   loaded: _loader.LoadedProgram | None, undo: _Undo) -> None:
+                   loaded: dict, undo: _Undo) -> None:
         """Make the kernel's hook match `programs`: build, then attach or swap."""
         members = self._members(programs, key)
         hook = store.hooks.get(key)
@@ -387,12 +446,14 @@ class Manager:
         hook["revision"] = hook.get("revision", 0) + 1
 
     @contextlib.contextmanager
-    def _dispatcher_fd(self, members: list, loaded: _loader.LoadedProgram | None) -> Iterator[int]:
+    def _dispatcher_fd(self, members: list, loaded: dict) -> Iterator[int]:
+        """The hook's new dispatcher; `loaded` (prog id -> LoadedProgram) gives
+        the code of members loaded in this run, the record the others'."""
         with contextlib.ExitStack() as stack:
             codes = []
             for member in members:
-                if loaded is not None and member.get("prog_id") == loaded.prog_id:
-                    codes.append(loaded.insns)
+                if member.get("prog_id") in loaded:
+                    codes.append(loaded[member["prog_id"]].insns)
                 else:
                     codes.append(stack.enter_context(_member.resolved(member)))
             masks = [_proceed_on.mask(m["kind"], m["proceed_on"]) for m in members]
@@ -436,7 +497,7 @@ class Manager:
         programs = {n: r for n, r in store.programs.items() if n != name}
         undo = _Undo()
         try:
-            self._sync_hook(store, programs, record["hook"], None, None, undo)
+            self._sync_hook(store, programs, record["hook"], None, {}, undo)
             store.data["programs"] = programs
             store.save()
             undo.forget()
@@ -512,7 +573,7 @@ class Manager:
             store.hooks.pop(key)
             attachment.detach(hook)
         undo = _Undo()
-        self._sync_hook(store, store.programs, key, hook.get("mode"), None, undo)
+        self._sync_hook(store, store.programs, key, hook.get("mode"), {}, undo)
         undo.forget()
 
     def _remove_unrecorded_pins(self, store: StateStore, notes: list) -> None:

@@ -88,6 +88,36 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
     run(module, operation)
 
 
+def chain_member_options(kind: str) -> dict:
+    """The per-program suboptions of bpf_xdp_chain / bpf_tc_chain."""
+    from ansible_collections.bpfd.core.plugins.module_utils import _proceed_on
+
+    return dict(
+        name=dict(type="str", required=True),
+        path=dict(type="path", required=True),
+        bpf_function_name=dict(type="str"),
+        priority=dict(type="int", required=True),
+        proceed_on=dict(type="list", elements="str", choices=list(_proceed_on.actions(kind))),
+        global_data=dict(type="dict", default={}),
+        map_owner=dict(type="str"),
+        metadata=dict(type="dict", default={}),
+    )
+
+
+def chain(module: Any, kind: str, mode: str | None, direction: str | None = None) -> None:
+    """The whole body of bpf_xdp_chain / bpf_tc_chain: one swap for the hook."""
+    from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
+
+    params = module.params
+    specs = [ProgramSpec(
+        name=item["name"], kind=kind, path=item["path"], interface=params["interface"],
+        priority=item["priority"], direction=direction, proceed_on=item["proceed_on"],
+        function=item["bpf_function_name"], mode=mode, metadata=metadata(item),
+        global_data=item["global_data"], map_owner=item["map_owner"]) for item in params["programs"]]
+    run(module, lambda: Manager().chain(kind, params["interface"], specs, direction=direction,
+                                        exclusive=params["exclusive"], check_mode=module.check_mode))
+
+
 def chained_program_rules(**extra: Any) -> dict:
     """mutually_exclusive / required_if for chained program modules."""
     rules = dict(PROGRAM_ARG_RULES)

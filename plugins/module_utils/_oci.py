@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -433,22 +434,23 @@ def extract_object(layer_path: str, *, url: str = "the image",
     return found[0]
 
 
-def check_elf(data: bytes, url: str = "the image", name: str = "object") -> None:
+def check_elf(data: bytes, url: str | None = None, name: str = "the object") -> None:
     """An eBPF ELF object for this host's byte order, or a sentence why not."""
+    what = "%s in image %s" % (name, url) if url else name
     if data[:4] != b"\x7fELF":
-        raise BpfdError("%s in image %s is not an ELF object file" % (name, url))
+        raise BpfdError("%s is not an ELF object file" % what)
     if len(data) < 64 or data[4] != 2:
-        raise BpfdError("%s in image %s is not a 64-bit ELF object" % (name, url))
+        raise BpfdError("%s is not a 64-bit ELF object" % what)
     order = {1: "little", 2: "big"}.get(data[5])
     if order != sys.byteorder:
-        raise BpfdError("%s in image %s is built for %s-endian hosts; this host is %s-endian "
+        raise BpfdError("%s is built for %s-endian hosts; this host is %s-endian "
                         "(build it with clang -target bpf%s)"
-                        % (name, url, order or "unknown", sys.byteorder,
+                        % (what, order or "unknown", sys.byteorder,
                            "el" if sys.byteorder == "little" else "eb"))
     machine = struct.unpack_from("<H" if order == "little" else ">H", data, 18)[0]
     if machine != EM_BPF:
-        raise BpfdError("%s in image %s is not an eBPF object (ELF machine %d, eBPF is %d)"
-                        % (name, url, machine, EM_BPF))
+        raise BpfdError("%s is not an eBPF object (ELF machine %d, eBPF is %d)"
+                        % (what, machine, EM_BPF))
 
 
 def _section_type(section: str) -> str | None:
@@ -623,15 +625,17 @@ class ImageCache:
         return os.path.join("blobs", "sha256", digest.split(":", 1)[1])
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator["ImageCache"]:
-        if self.spill and not os.path.isdir(self.root):
+    def locked(self, shared: bool = False) -> Iterator["ImageCache"]:
+        """Exclusive flock on the cache (shared for check mode, which only reads it)."""
+        shared = shared or bool(self.spill)
+        if shared and not os.path.isdir(self.root):
             yield self  # check mode on a host without a cache: nothing to read, nothing to lock
             return
         os.makedirs(self.root, mode=0o750, exist_ok=True)
         fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if self.spill else fcntl.LOCK_EX)
-            if not self.spill:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            if not shared:  # leftovers of an interrupted download
                 shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
             yield self
         finally:
@@ -708,17 +712,26 @@ class ImageCache:
         existing = self.find(digest)
         if existing and _sha256_file(existing) == digest:
             return existing
-        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp_dir())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return self._commit(tmp, self.blob_rel(digest))
+        return self._write(data, self.blob_rel(digest))
+
+    def _write(self, data: bytes, rel: str, mode: int = 0o600) -> str:
+        fd, tmp = tempfile.mkstemp(prefix="new-", dir=self._tmp_dir())
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, mode)
+            return self._commit(tmp, rel)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def store_stream(self, digest: str, chunks: Iterable, *, size: int | None,
                      max_bytes: int, what: str = "blob") -> str:
         rel = self.blob_rel(digest)
-        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp_dir())
+        fd, tmp = tempfile.mkstemp(prefix="new-", dir=self._tmp_dir())
         hasher = hashlib.sha256()
         total = 0
         try:
@@ -759,13 +772,7 @@ class ImageCache:
                 if _sha256_file(path) == data_sha:
                     return path, False
                 self.corrupted.append(rel)  # re-extracted below from the verified layer
-        fd, tmp = tempfile.mkstemp(prefix="obj-", dir=self._tmp_dir())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o640)
-        return self._commit(tmp, rel), True
+        return self._write(data, rel, 0o640), True
 
     def blob_paths(self) -> dict:
         """digest -> path of every blob in the real cache."""
@@ -809,9 +816,7 @@ if HAS_ORAS:
 
         def _send(self, method: str, url: str, **kwargs: Any) -> Any:
             try:
-                return self.session.request(method, url, verify=self._tls_verify,
-                                            timeout=(min(10.0, self.timeout), self.timeout),
-                                            **kwargs)
+                return self.session.request(method, url, verify=self._tls_verify, **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise _TransportFailure("tls", str(exc))
             except requests.exceptions.Timeout as exc:
@@ -859,7 +864,10 @@ def _auth_pair(auth: Any) -> tuple | None:
     if isinstance(auth, dict):
         user, password = auth.get("username"), auth.get("password")
     else:
-        user, password = auth
+        try:
+            user, password = auth
+        except (TypeError, ValueError):
+            raise BpfdError("registry_auth must be a dict with username and password")
     if not user or password is None:
         raise BpfdError("registry_auth needs both username and password")
     return str(user), str(password)
@@ -892,6 +900,11 @@ class RegistryClient:
         self.registry = _BpfdRegistry(hostname=ref.api_host, insecure=self.insecure,
                                       tls_verify=tls_verify, auth_backend="token")
         self.registry.timeout = float(timeout)
+        # A default timeout for every request of the session, oras' token requests too
+        # (requests has none: a registry that accepts and never answers would hang a task).
+        session = self.registry.session
+        session.request = functools.partial(session.request,
+                                            timeout=(min(10.0, float(timeout)), float(timeout)))
         pair = _auth_pair(auth)
         self.username = pair[0] if pair else None
         if pair:
@@ -983,10 +996,9 @@ class RegistryClient:
                     tags = sorted(response.json().get("tags") or [])
         text = "repository %s on %s has no %s %s" % (repo, host, kind, self.ref.reference)
         if tags is not None:
-            shown = [t for t in tags if not t.endswith(".sig")][:10]
-            text += " (its tags: %s%s)" % (", ".join(shown) or "none",
-                                           ", ..." if len(tags) > len(shown) + sum(
-                                               t.endswith(".sig") for t in tags) else "")
+            names = [t for t in tags if not t.endswith(".sig")]  # not cosign's signature tags
+            text += " (its tags: %s%s)" % (", ".join(names[:10]) or "none",
+                                           ", ..." if len(names) > 10 else "")
         return text
 
     @contextlib.contextmanager
@@ -1397,11 +1409,9 @@ def _resolve_locked(resolver: _Resolver, ref: Reference, cache: ImageCache, poli
             walked = None
     if walked is None:
         if policy == "Never":
-            raise BpfdError("image %s is not in the host's image cache%s and pull_policy is "
+            raise BpfdError("image %s is not in the host's image cache and pull_policy is "
                             "Never: pull it first (pull_policy IfNotPresent or Always, or "
-                            "bpfd.core.bpf_image)" % (
-                                ref.name, " (or a cached blob was corrupted)" if cache.corrupted else ""),
-                            url=ref.name)
+                            "bpfd.core.bpf_image)" % ref.name, url=ref.name)
         network = True
         top = resolver.fetch_top()
         walked = resolver.walk_manifests(top, network=True)
@@ -1429,7 +1439,7 @@ def _resolve_locked(resolver: _Resolver, ref: Reference, cache: ImageCache, poli
 
     new_entry = {"digest": top, "manifest_digest": walked["manifest_digest"],
                  "config_digest": walked["config_digest"], "layer_digest": walked["layer_digest"],
-                 "object": os.path.relpath(obj_path, cache.write_root),
+                 "object": cache.object_rel(_sha256(data), filename),
                  "platform": walked["platform"], "pulled_at": entry.get("pulled_at")}
     if previous != top or resolver.downloaded or not new_entry["pulled_at"]:
         new_entry["pulled_at"] = _now()
@@ -1508,7 +1518,7 @@ def remove_image(url: str, *, layout: Layout | None = None, check_mode: bool = F
     cache = ImageCache(layout)
     if not os.path.isdir(cache.root):
         return {"changed": False, "digest": None, "removed_blobs": 0, "freed_bytes": 0}
-    with cache.locked():
+    with cache.locked(shared=check_mode):
         index = cache.read_index()
         entry = index["images"].pop(ref.name, None)
         if entry is None:
@@ -1588,7 +1598,7 @@ def build_image(object_path: str, *, programs: dict | None = None, maps: dict | 
     filename = os.path.basename(object_path)
     if not _SAFE_FILENAME_RE.match(filename):
         raise BpfdError("object file name %r: use letters, digits, '.', '_', '-'" % filename)
-    check_elf(data, "(to build)", filename)
+    check_elf(data, None, object_path)
     if programs is None:
         programs = object_programs(data, object_path)
         if not programs:

@@ -16,6 +16,8 @@ import os
 import pathlib
 import platform
 import struct
+import subprocess
+import time
 import uuid
 
 import helpers_xdp as hx
@@ -73,10 +75,21 @@ def link_target(link_id: int) -> dict:
             "attach_type": attach_type}
 
 
+def bpftool_links() -> list:
+    """`bpftool -j link show`; bpftool 7.1 gives up (status 255) when a link of
+    another test goes away while it walks the list: walk again."""
+    for _ in range(5):
+        links = hx.bpftool_json("link", "show", check=False)
+        if links is not None:
+            return links
+        time.sleep(0.05)
+    return hx.bpftool_json("link", "show") or []
+
+
 def tcx_links(ifindex: int, direction: str) -> list:
     """[(link id, program id)] of the tcx links on this hook (bpftool link show + bpf())."""
     found = []
-    for link in hx.bpftool_json("link", "show") or []:
+    for link in bpftool_links():
         if link.get("type") not in (LINK_TYPE_TCX, "tcx"):
             continue
         try:
@@ -89,7 +102,7 @@ def tcx_links(ifindex: int, direction: str) -> list:
 
 
 def links_running(prog_id: int) -> list:
-    return [link["id"] for link in hx.bpftool_json("link", "show") or [] if link.get("prog_id") == prog_id]
+    return [link["id"] for link in bpftool_links() if link.get("prog_id") == prog_id]
 
 
 # --- tc(8)'s view ------------------------------------------------------------------
@@ -135,6 +148,14 @@ def nothing_attached(veth) -> bool:
 
 
 # --- real traffic ----------------------------------------------------------------------
+
+
+def quiet(veth) -> None:
+    """No packet but the test runs' may cross a hook of the host end: the peer goes
+    down (nothing arrives) and the host end stops IPv6 (router solicitations, MLD and
+    DAD still leave through the egress hook while the carrier is down)."""
+    hx.sh("sysctl", "-q", "-w", "net.ipv6.conf.%s.disable_ipv6=1" % veth.name)
+    hx.quiet(veth)
 
 
 def peer_counters(veth) -> tuple:
@@ -229,7 +250,14 @@ def other_pytest_running() -> bool:
 
 def snapshot(veth) -> dict:
     busy = other_pytest_running()
-    snap = kernel_snapshot()
+    for attempt in range(5):  # bpftool 7.1 fails when another test's link goes away meanwhile
+        try:
+            snap = kernel_snapshot()
+            break
+        except subprocess.CalledProcessError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05)
     ifindex = veth.ifindex
     state = snap["state"] or {"programs": {}, "hooks": {}}
     programs = {n: r for n, r in state["programs"].items()
