@@ -58,6 +58,14 @@ options:
       - Both programs' facts list the sharers in RV(program.maps_used_by). Removing the owner
         while others still use its maps keeps the maps pinned for them.
     type: str
+  netns:
+    description:
+      - Network namespace of the interface, as a path (V(/run/netns/NAME) for C(ip netns) names),
+        as bpfman's C(--netns). Omitted, the namespace the module runs in.
+      - The namespace is part of the attach point's identity; a namespace that disappears is
+        reconciled away on the next run, with its programs unloaded.
+      - Ignored by modules without an interface.
+    type: path
   metadata:
     description:
       - Free-form key/value pairs stored with the program and usable as a filter by

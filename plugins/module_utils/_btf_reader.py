@@ -141,7 +141,7 @@ class Btf:
             endian, byteorder = ">", "big"
         else:
             raise BtfError("not BTF: bad magic %s" % blob[:2].hex())
-        _, version, _, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+        _magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
             endian + "HBBIIIII", blob)
         if version != 1:
             raise BtfError("BTF version %d is not supported" % version)
@@ -160,19 +160,19 @@ class Btf:
                            % (type_id, len(self.types) - 1))
         return self.types[type_id]
 
-    def resolve(self, type_id: int) -> tuple[int, BtfType]:
-        """Look through typedefs and qualifiers."""
-        for _ in range(_MAX_DEPTH):
+    def resolve(self, type_id: int) -> BtfType:
+        """The type behind typedefs, qualifiers and VARs."""
+        for _depth in range(_MAX_DEPTH):
             btf_type = self.type(type_id)
             if btf_type.kind not in MODIFIERS and btf_type.kind != KIND_VAR:
-                return type_id, btf_type
+                return btf_type
             type_id = btf_type.ref
         raise BtfError("type reference chain too deep (cycle?)")
 
     def size_of(self, type_id: int, depth: int = 0) -> int:
         if depth > _MAX_DEPTH:
             raise BtfError("type reference chain too deep (cycle?)")
-        _, btf_type = self.resolve(type_id)
+        btf_type = self.resolve(type_id)
         if btf_type.kind == KIND_PTR:
             return POINTER_SIZE
         if btf_type.kind == KIND_ARRAY:
@@ -211,7 +211,7 @@ class Btf:
         if btf_type.kind != KIND_ARRAY or not btf_type.nelems:
             return False
         elem = self.type(btf_type.ref)
-        for _ in range(_MAX_DEPTH):
+        for _depth in range(_MAX_DEPTH):
             if elem.kind not in QUALIFIERS and elem.kind != KIND_TYPE_TAG:
                 break
             elem = self.type(elem.ref)
@@ -224,7 +224,7 @@ class Btf:
         """The value of ``type_id`` held in ``data`` as JSON-friendly Python."""
         if depth > _MAX_DEPTH:
             raise BtfError("type nesting too deep")
-        _, btf_type = self.resolve(type_id)
+        btf_type = self.resolve(type_id)
         kind = btf_type.kind
         if kind == KIND_INT:
             return self._decode_int(btf_type, data)
@@ -283,7 +283,7 @@ class Btf:
     def _decode_member(self, member: Member, data: bytes, depth: int) -> Any:
         nbits = self._bitfield_bits(member)
         if nbits:
-            _, member_type = self.resolve(member.type_id)
+            member_type = self.resolve(member.type_id)
             signed = (member_type.kind == KIND_INT and bool(member_type.encoding & INT_SIGNED)) or (
                 member_type.kind in (KIND_ENUM, KIND_ENUM64) and member_type.kind_flag)
             value = _get_bits(data, member.bit_offset, nbits, self.byteorder)
@@ -301,7 +301,7 @@ class Btf:
         bitfields only by an INT narrower than its size, or an odd offset)."""
         if member.bitfield_size:
             return member.bitfield_size
-        _, member_type = self.resolve(member.type_id)
+        member_type = self.resolve(member.type_id)
         if member_type.kind == KIND_INT and (
                 member.bit_offset % 8 or member_type.bits < member_type.size * 8 or member_type.int_offset):
             return member_type.bits
@@ -320,7 +320,7 @@ class Btf:
         """The bytes of ``value`` as type ``type_id`` (for map keys a user gives)."""
         if depth > _MAX_DEPTH:
             raise BtfError("type nesting too deep")
-        _, btf_type = self.resolve(type_id)
+        btf_type = self.resolve(type_id)
         kind = btf_type.kind
         if kind not in (KIND_INT, KIND_ENUM, KIND_ENUM64, KIND_PTR, KIND_FLOAT, KIND_ARRAY,
                         KIND_STRUCT, KIND_UNION):
@@ -361,7 +361,7 @@ class Btf:
             if _DECIMAL.match(value.strip()):
                 return int(value.strip())
             raise BtfError("%r is not a value of enum %s (it has: %s)" % (
-                value, btf_type.name or "{...}", ", ".join(n for n, _ in btf_type.enumerators)))
+                value, btf_type.name or "{...}", ", ".join(pair[0] for pair in btf_type.enumerators)))
         return _as_int(value, "enum %s" % (btf_type.name or "{...}"))
 
     def _encode_array(self, btf_type: BtfType, value: Any, size: int, depth: int) -> bytes:
@@ -381,7 +381,7 @@ class Btf:
         """name -> (member, bit offset) with anonymous members' fields flattened in."""
         out: dict = {}
         for member in btf_type.members:
-            _, member_type = self.resolve(member.type_id)
+            member_type = self.resolve(member.type_id)
             if not member.name and member_type.kind in (KIND_STRUCT, KIND_UNION):
                 for name, (inner, offset) in self._fields(member_type).items():
                     out[name] = (inner, member.bit_offset + offset)
@@ -405,7 +405,7 @@ class Btf:
             member, bit_offset = fields[str(name)]
             nbits = self._bitfield_bits(member)
             if nbits:
-                _, member_type = self.resolve(member.type_id)
+                member_type = self.resolve(member.type_id)
                 if member_type.kind in (KIND_ENUM, KIND_ENUM64):
                     field_value = self._enum_value(member_type, item)
                 else:

@@ -65,6 +65,7 @@ def program_facts(record: dict, position: int | None, hook: dict | None, kernel:
         "position": position,
         "proceed_on": record["proceed_on"],
         "direction": record.get("direction"),
+        "netns": record.get("netns"),
         "xdp_mode": (hook or {}).get("mode") if record["kind"] == "xdp" else None,
         "tc_attach": (hook or {}).get("mode") if record["kind"] == "tc" else None,
         "dispatcher_id": (hook or {}).get("dispatcher_id"),

@@ -56,10 +56,13 @@ class ProgramSpec:
     direction: str | None = None
     global_data: dict = field(default_factory=dict)
     map_owner: str | None = None
+    netns: str | None = None
 
 
-def hook_key(kind: str, ifindex: int, direction: str | None = None) -> str:
-    return "_".join([kind, str(ifindex)] + ([direction] if direction else []))
+def hook_key(kind: str, ifindex: int, direction: str | None = None, netns: str | None = None) -> str:
+    """xdp_7, tc_7_ingress, xdp_ns4026532390_3 (an interface inside another namespace)."""
+    parts = [kind] + ([_netlink.netns_id(netns)] if netns else []) + [str(ifindex)]
+    return "_".join(parts + ([direction] if direction else []))
 
 
 class _Undo:
@@ -95,6 +98,26 @@ class _Undo:
                 self._releases.pop()()
 
 
+class _InNetns:
+    """An undo log whose steps run in a namespace (they may run after the
+    block that entered it has left)."""
+
+    def __init__(self, undo: _Undo, netns: str | None) -> None:
+        self._undo = undo
+        self._netns = netns
+
+    def add(self, step: Callable[[], None]) -> None:
+        netns = self._netns
+
+        def in_namespace() -> None:
+            with _netlink.in_netns(netns):
+                step()
+        self._undo.add(in_namespace)
+
+    def release(self, callback: Callable[[], None]) -> None:
+        self._undo.release(callback)
+
+
 class Manager:
     def __init__(self, layout: Layout | None = None) -> None:
         self.layout = layout or Layout()
@@ -106,14 +129,15 @@ class Manager:
         return self.converge([spec], check_mode=check_mode)
 
     def chain(self, kind: str, interface: str, specs: list, direction: str | None = None,
-              exclusive: bool = False, check_mode: bool = False) -> dict:
+              exclusive: bool = False, check_mode: bool = False, netns: str | None = None) -> dict:
         """A whole attach point as declared, with one dispatcher swap whatever changes.
 
         With `exclusive`, managed programs on the hook that are not listed are removed.
         """
-        key = hook_key(kind, _netlink.interface_index(interface), direction)
+        with _netlink.in_netns(netns):
+            key = hook_key(kind, _netlink.interface_index(interface), direction, netns)
         for spec in specs:
-            if (spec.kind, spec.interface, spec.direction) != (kind, interface, direction):
+            if (spec.kind, spec.interface, spec.direction, spec.netns) != (kind, interface, direction, netns):
                 raise BpfdError("program %s of the chain must be a %s program on %s" % (spec.name, kind, interface))
         return self.converge(specs, check_mode=check_mode, exclusive_key=key if exclusive else None,
                              whole_chain=key)
@@ -169,8 +193,10 @@ class Manager:
         """Everything about one spec that needs no lock: validation, file, interface."""
         proceed_on = self._validate(spec)
         _loader.check_object_file(spec.path)
-        ifindex = _netlink.interface_index(spec.interface)
-        return spec, proceed_on, _loader.file_sha256(spec.path), ifindex, hook_key(spec.kind, ifindex, spec.direction)
+        with _netlink.in_netns(spec.netns):
+            ifindex = _netlink.interface_index(spec.interface)
+        key = hook_key(spec.kind, ifindex, spec.direction, spec.netns)
+        return spec, proceed_on, _loader.file_sha256(spec.path), ifindex, key
 
     def _converged(self, store: StateStore, specs: list, whole_chain: str | None, changed: bool,
                    before: dict, after: dict, notes: list, changes: dict, removed: list) -> dict:
@@ -254,6 +280,7 @@ class Manager:
         record.update({
             "name": spec.name, "kind": spec.kind, "path": spec.path, "sha256": sha256,
             "interface": spec.interface, "ifindex": ifindex, "hook": key, "direction": spec.direction,
+            "netns": spec.netns,
             "priority": spec.priority, "proceed_on": proceed_on,
             "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
             "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
@@ -271,8 +298,8 @@ class Manager:
         if reload:
             changes.append("global_data" if old["sha256"] == new["sha256"] and old.get(
                 "global_data", {}) != new["global_data"] else "bytecode")
-        for key in ("interface", "direction", "priority", "proceed_on", "metadata", "path", "requested_mode",
-                    "map_owner"):
+        for key in ("interface", "direction", "netns", "priority", "proceed_on", "metadata", "path",
+                    "requested_mode", "map_owner"):
             if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
                 changes.append(key)
         return changes
@@ -424,8 +451,15 @@ class Manager:
 
     def _sync_hook(self, store: StateStore, programs: dict, key: str, mode: str | None,
                    loaded: dict, undo: _Undo) -> None:
-        """Make the kernel's hook match `programs`: build, then attach or swap."""
+        """Make the kernel's hook match `programs`, inside the hook's namespace."""
         members = self._members(programs, key)
+        netns = (store.hooks.get(key) or (members[0] if members else {})).get("netns")
+        with _netlink.in_netns(netns):
+            self._sync_hook_here(store, members, key, mode, loaded, _InNetns(undo, netns))
+
+    def _sync_hook_here(self, store: StateStore, members: list, key: str, mode: str | None,
+                        loaded: dict, undo) -> None:
+        """Build, then attach or swap (the caller has entered the namespace)."""
         hook = store.hooks.get(key)
         if not members:
             if hook is not None:
@@ -473,7 +507,7 @@ class Manager:
     def _attach(self, store: StateStore, key: str, first: dict, disp_fd: int, mode: str | None,
                 undo: _Undo) -> dict:
         hook = {"kind": first["kind"], "ifindex": first["ifindex"], "interface": first["interface"],
-                "direction": first.get("direction"), "mode": mode, "revision": 0}
+                "direction": first.get("direction"), "netns": first.get("netns"), "mode": mode, "revision": 0}
         attachment = self._attachment(key, hook)
         foreign = attachment.foreign(hook)
         if foreign:
@@ -536,11 +570,16 @@ class Manager:
                              % (name, record.get("prog_pin")))
                 del store.programs[name]
         for key, hook in list(store.hooks.items()):
-            current = _netlink.interface_name(hook["ifindex"])
+            netns = hook.get("netns")
+            current = None
+            if _netlink.netns_exists(netns):
+                with _netlink.in_netns(netns):
+                    current = _netlink.interface_name(hook["ifindex"])
             if current is None:
                 members = [n for n in hook["members"] if n in store.programs]
-                notes.append("interface %s (ifindex %d) is gone; its programs were unloaded: %s" % (
-                    hook["interface"], hook["ifindex"], ", ".join(members) or "none"))
+                where = "network namespace %s" % netns if not _netlink.netns_exists(netns) else \
+                    "interface %s (ifindex %d)" % (hook["interface"], hook["ifindex"])
+                notes.append("%s is gone; its programs were unloaded: %s" % (where, ", ".join(members) or "none"))
                 for member in members:
                     del store.programs[member]
                     if not dry:
@@ -564,14 +603,16 @@ class Manager:
     def _repair_hook(self, store: StateStore, key: str, hook: dict, notes: list) -> None:
         members = [m["name"] for m in self._members(store.programs, key)]
         attachment = self._attachment(key, hook)
-        live_prog_id = attachment.live_prog_id(hook)
+        with _netlink.in_netns(hook.get("netns")):
+            live_prog_id = attachment.live_prog_id(hook)
         if members == hook["members"] and live_prog_id == hook.get("dispatcher_id"):
             return
         notes.append("%s: the kernel did not match the record (dispatcher %s, recorded %s, members "
                      "%s); rebuilt" % (key, live_prog_id, hook.get("dispatcher_id"), ", ".join(members)))
         if live_prog_id is None:
             store.hooks.pop(key)
-            attachment.detach(hook)
+            with _netlink.in_netns(hook.get("netns")):
+                attachment.detach(hook)
         undo = _Undo()
         self._sync_hook(store, store.programs, key, hook.get("mode"), {}, undo)
         undo.forget()

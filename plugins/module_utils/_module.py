@@ -26,6 +26,7 @@ PROGRAM_ARGS = dict(
     metadata=dict(type="dict", default={}),
     global_data=dict(type="dict", default={}),
     map_owner=dict(type="str"),
+    netns=dict(type="path"),
 )
 
 PROGRAM_ARG_RULES = dict(
@@ -82,7 +83,7 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
             interface=params["interface"], priority=params["priority"], direction=direction,
             proceed_on=params["proceed_on"], function=params["bpf_function_name"],
             mode=mode, metadata=metadata(params), global_data=params["global_data"],
-            map_owner=params["map_owner"])
+            map_owner=params["map_owner"], netns=params["netns"])
         return manager.present(spec, check_mode=module.check_mode)
 
     run(module, operation)
@@ -113,9 +114,11 @@ def chain(module: Any, kind: str, mode: str | None, direction: str | None = None
         name=item["name"], kind=kind, path=item["path"], interface=params["interface"],
         priority=item["priority"], direction=direction, proceed_on=item["proceed_on"],
         function=item["bpf_function_name"], mode=mode, metadata=metadata(item),
-        global_data=item["global_data"], map_owner=item["map_owner"]) for item in params["programs"]]
+        global_data=item["global_data"], map_owner=item["map_owner"], netns=params["netns"])
+        for item in params["programs"]]
     run(module, lambda: Manager().chain(kind, params["interface"], specs, direction=direction,
-                                        exclusive=params["exclusive"], check_mode=module.check_mode))
+                                        exclusive=params["exclusive"], check_mode=module.check_mode,
+                                        netns=params["netns"]))
 
 
 def chained_program_rules(**extra: Any) -> dict:

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import ctypes
+import ctypes.util
+import os
+from typing import Any, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 
@@ -62,3 +66,54 @@ def xdp_attachment(ifindex: int) -> dict:
     if not attached or attached == "none" or attached == 0:
         return {"mode": None, "prog_id": None}
     return {"mode": attached, "prog_id": prog_id}
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise BpfdError("cannot enter network namespace %s: %s" % (what, os.strerror(code)))
+
+
+@contextlib.contextmanager
+def in_netns(path: str | None) -> Iterator[None]:
+    """Run the block in another network namespace (bpfman's --netns); None = stay.
+
+    Interface indexes, netlink sockets and XDP/tcx links all resolve in the
+    namespace of the calling thread, so everything that touches a hook in a
+    namespace runs inside this block.
+    """
+    if not path:
+        yield
+        return
+    try:
+        target = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise BpfdError("network namespace %s does not exist (%s)" % (path, exc.strerror), netns=path)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _setns(target, path)
+        try:
+            yield
+        finally:
+            _setns(home, "of the module (going back)")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def netns_id(path: str | None) -> str | None:
+    """A stable name for a namespace: its inode (what `ip netns identify` compares)."""
+    if not path:
+        return None
+    try:
+        return "ns%d" % os.stat(path).st_ino
+    except OSError:
+        raise BpfdError("network namespace %s does not exist" % path, netns=path)
+
+
+def netns_exists(path: str | None) -> bool:
+    return not path or os.path.exists(path)

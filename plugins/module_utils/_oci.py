@@ -909,11 +909,11 @@ class RegistryClient:
         self.username = pair[0] if pair else None
         if pair:
             self.registry.auth.set_basic_auth(*pair)
-        self.container = oras.container.Container("%s/%s:%s" % (ref.api_host, ref.repository,
-                                                                 ref.tag or "latest"))
+        self.container = oras.container.Container(
+            "%s/%s:%s" % (ref.api_host, ref.repository, ref.tag or "latest"))
         # oras' name regex does not know every host form (a bare "localhost"): set the parts.
         self.container.registry = ref.api_host
-        namespace, _, repository = ref.repository.rpartition("/")
+        namespace, repository = ref.repository.rpartition("/")[::2]
         self.container.namespace, self.container.repository = namespace or None, repository
         self.scheme = "http" if self.insecure else "https"
         self.requests = 0
@@ -1013,8 +1013,8 @@ class RegistryClient:
     # requests ---------------------------------------------------------------------------
 
     def _url(self, kind: str, reference: str) -> str:
-        return "%s://%s/v2/%s/%s/%s" % (self.scheme, self.ref.api_host, self.ref.repository,
-                                         kind, reference)
+        return "%s://%s/v2/%s/%s/%s" % (
+            self.scheme, self.ref.api_host, self.ref.repository, kind, reference)
 
     def get_manifest(self, reference: str, *, allow_missing: bool = False) -> tuple | None:
         """(bytes, content type, Docker-Content-Digest header) of a manifest or index.
@@ -1238,8 +1238,8 @@ class _Resolver:
                                 % (self.ref.name, mt))
             return {"manifest_digest": digest, "manifest": doc,
                     "platform": platform_string(chosen.get("platform")) if chosen else None}
-        raise BpfdError("image %s: indexes nested deeper than %d levels" % (self.ref.name,
-                                                                              MAX_INDEX_DEPTH))
+        raise BpfdError("image %s: indexes nested deeper than %d levels"
+                        % (self.ref.name, MAX_INDEX_DEPTH))
 
     def walk_content(self, manifest: dict, network: bool, max_object_bytes: int) -> dict:
         """manifest -> config (labels) and the bytecode layer, both in the cache."""
@@ -1326,8 +1326,8 @@ class _Resolver:
         if not pairs:
             reasons.append("the signature artifact holds no cosign signature")
         raise BpfdError("image %s (%s) has %d signature(s), none valid for verify_key: %s; "
-                        "refusing to load it" % (self.ref.name, digest, len(pairs),
-                                                  "; ".join(sorted(set(reasons)))),
+                        "refusing to load it"
+                        % (self.ref.name, digest, len(pairs), "; ".join(sorted(set(reasons)))),
                         digest=digest)
 
 

@@ -11,7 +11,7 @@ short_description: Read the maps of a BPF program managed by bpfd.core
 version_added: "0.1.0"
 description:
   - Reads one map of a program that bpfd.core manages, from its pin under the program's
-    C(map_pin_path) (C(/sys/fs/bpf/bpfd/maps/PROGRAM/MAP)): every entry, or the entries of the
+    C(map_pin_path) (C(/sys/fs/bpf/bpfd/maps/PROGRAM/MAP)), every entry or the entries of the
     keys given in O(keys). It is C(bpftool map dump pinned PATH) and C(bpftool map lookup)
     for a play, so a play can gather counters across a fleet.
   - When the kernel holds BTF for the map (programs compiled with C(clang -g) and maps declared
@@ -21,7 +21,7 @@ description:
     the enumerator's name, pointers as hex strings. Otherwise keys and values are raw bytes in
     hex, in the map's byte order (V(0a 00 00 01)).
   - Per-CPU maps (C(percpu_array), C(percpu_hash), C(lru_percpu_hash)) give one value per
-    possible CPU in RV(entries[].per_cpu) and their sum in RV(entries[].value): integers are
+    possible CPU in RV(entries[].per_cpu) and their sum in RV(entries[].value). Integers are
     added, structs and arrays field by field; fields that are not numbers are kept when every CPU
     holds the same.
   - The pin is opened read-only; the module never changes a map or anything else.

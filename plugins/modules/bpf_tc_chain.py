@@ -61,6 +61,11 @@ options:
         description: Free-form key/value pairs kept with the program.
         type: dict
         default: {}
+  netns:
+    description:
+      - Network namespace of O(interface), as a path (V(/run/netns/NAME) for C(ip netns) names).
+        Omitted, the namespace the module runs in.
+    type: path
   exclusive:
     description: Remove the interface's managed TC programs that O(programs) does not list.
     type: bool
@@ -129,6 +134,7 @@ def main() -> None:
             interface=dict(type="str", required=True),
             programs=dict(type="list", elements="dict", required=True, options=_module.chain_member_options("tc")),
             exclusive=dict(type="bool", default=False),
+            netns=dict(type="path"),
             direction=dict(type="str", required=True, choices=["ingress", "egress"]),
             tc_attach=dict(type="str", choices=["tcx", "cls_bpf"]),
         ),

@@ -61,6 +61,11 @@ options:
         description: Free-form key/value pairs kept with the program.
         type: dict
         default: {}
+  netns:
+    description:
+      - Network namespace of O(interface), as a path (V(/run/netns/NAME) for C(ip netns) names).
+        Omitted, the namespace the module runs in.
+    type: path
   exclusive:
     description: Remove the interface's managed XDP programs that O(programs) does not list.
     type: bool
@@ -123,6 +128,7 @@ def main() -> None:
             interface=dict(type="str", required=True),
             programs=dict(type="list", elements="dict", required=True, options=_module.chain_member_options("xdp")),
             exclusive=dict(type="bool", default=False),
+            netns=dict(type="path"),
             xdp_mode=dict(type="str", choices=["native", "skb", "hw"]),
         ),
         supports_check_mode=True,

@@ -509,8 +509,8 @@ def test_unsigned_image(plain, objects, layout, keys):
 
 
 def test_signature_from_another_key(plain, objects, layout, keys):
-    other_private, _ = keys["other"]
-    _, public = keys["good"]
+    other_private = keys["other"][0]
+    public = keys["good"][1]
     digest = h.push_object(plain, plain.url("wrongkey/xdp:1.0"), objects["xdp_pass"])
     h.sign(h.client(plain, "wrongkey/xdp"), digest, other_private)
     for mode in ("required", "optional"):

@@ -276,7 +276,7 @@ def test_ten_fill_a_hook_and_the_eleventh_is_refused(tc, veth, playbook, bpf_obj
         "name": tc.name("eleventh"), "path": bpf_objects["tc_pass"], "interface": veth.name,
         "direction": direction, "priority": 1}}], expect_failure=True)["eleventh"]
     assert failed["_failed"] and "at most 10 programs" in failed["msg"], failed
-    assert "Traceback" not in str(failed) and "unexpected error" not in failed["msg"]
+    assert "Traceback" not in str(failed) and "unexpected error" not in failed["msg"], failed
     ht.assert_same(before, ht.snapshot(veth))
     assert hx.ping(veth.name, veth.peer_ip, count=2)
 

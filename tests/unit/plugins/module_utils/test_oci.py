@@ -32,7 +32,7 @@ def elf(programs=(("xdp", "pass"),), *, machine=_oci.EM_BPF, order=sys.byteorder
         extra_functions=(("helper", "local"), ("glob", "global"))) -> bytes:
     """A minimal relocatable ELF64: one section per program, a .text, .symtab, .strtab."""
     end = "<" if order == "little" else ">"
-    names = [""] + [sec for sec, _ in programs] + [".text", ".symtab", ".strtab", ".shstrtab"]
+    names = [""] + [p[0] for p in programs] + [".text", ".symtab", ".strtab", ".shstrtab"]
     shstr = b"\0"
     name_off = [0]
     for name in names[1:]:
