@@ -7,8 +7,6 @@ through libbpf, and keep what a later rebuild of a dispatcher needs
 
 from __future__ import annotations
 
-import contextlib
-import grp
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -18,10 +16,10 @@ from ansible_collections.bpfd.core.plugins.module_utils import _elf
 from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
 from ansible_collections.bpfd.core.plugins.module_utils import _member
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+from ansible_collections.bpfd.core.plugins.module_utils._state import bpfd_gid
 
 ELF_MAGIC = b"\x7fELF"
 MAP_PIN_MODE = 0o660
-MAP_PIN_GROUP = "bpfd"
 
 
 def file_sha256(path: str) -> str:
@@ -188,17 +186,11 @@ def pin_program(loaded: LoadedProgram, pin_path: str) -> None:
     libbpf.obj_pin(loaded.fd, pin_path)
 
 
-def _bpfd_gid() -> int | None:
-    with contextlib.suppress(KeyError):
-        return grp.getgrnam(MAP_PIN_GROUP).gr_gid
-    return None
-
-
 def pin_maps(loaded: LoadedProgram, map_dir: str, skip: Iterable[str] = ()) -> None:
     """Pin every map but global-data ones (and `skip`: shared ones pinned by
     their owner) at <map_dir>/<map>, 0660 group bpfd."""
     os.makedirs(map_dir, mode=0o750, exist_ok=True)
-    gid = _bpfd_gid()
+    gid = bpfd_gid()
     for bpf_map in loaded.obj.maps():
         if bpf_map.is_internal or bpf_map.fd < 0 or bpf_map.name in skip:
             continue

@@ -36,6 +36,7 @@ import fcntl
 import functools
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -54,25 +55,20 @@ from typing import Any, Iterable, Iterator
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._state import Layout, write_json_atomic
 
-try:
-    import requests
-    import oras.container
-    import oras.provider
-except ImportError:  # the module reports missing_required_lib("oras")
-    requests = None
-    oras = None
-    HAS_ORAS = False
-else:
-    HAS_ORAS = True
 
-try:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-except ImportError:  # only `verify` needs it: missing_required_lib("cryptography")
-    HAS_CRYPTOGRAPHY = False
-else:
-    HAS_CRYPTOGRAPHY = True
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# oras (with requests) and cryptography are imported only when an image is pulled or a
+# signature checked (importing oras.provider alone takes ~0.15 s); modules test these flags
+# and report missing_required_lib("oras") / missing_required_lib("cryptography").
+HAS_ORAS = _installed("oras")
+HAS_CRYPTOGRAPHY = _installed("cryptography")
 
 # --- constants --------------------------------------------------------------------------
 
@@ -505,11 +501,21 @@ def signature_tag(digest: str) -> str:
     return digest.replace(":", "-") + ".sig"
 
 
+def _crypto() -> Any:
+    """The cryptography modules signature checks use, imported on first use."""
+    try:
+        from cryptography import exceptions
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+    except ImportError as exc:
+        raise BpfdError("verifying image signatures needs the Python library cryptography on "
+                        "the managed host (pip install cryptography): %s" % exc)
+    return exceptions, hashes, serialization, ec
+
+
 def load_public_key(key: str) -> Any:
     """A cosign public key from PEM text or a path to a PEM file (ECDSA P-256)."""
-    if not HAS_CRYPTOGRAPHY:
-        raise BpfdError("verifying image signatures needs the Python library cryptography on "
-                        "the managed host (pip install cryptography)")
+    _exceptions, _hashes, serialization, ec = _crypto()
     if not key or not isinstance(key, str):
         raise BpfdError("verify_key is empty: give the cosign public key (PEM text or a path)")
     text = key
@@ -531,6 +537,7 @@ def load_public_key(key: str) -> Any:
 
 def key_id(public: Any) -> str:
     """sha256 of the key's DER form: which key verified (safe to show)."""
+    serialization = _crypto()[2]
     der = public.public_bytes(serialization.Encoding.DER,
                               serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(der).hexdigest()
@@ -554,13 +561,14 @@ def check_signature_payload(payload: bytes, digest: str) -> dict:
 
 def verify_signature(payload: bytes, signature_b64: str, public: Any) -> bool:
     """ECDSA P-256 / SHA-256 over the payload bytes (cosign's key-pair signatures)."""
+    exceptions, hashes, _serialization, ec = _crypto()
     try:
         signature = base64.b64decode(signature_b64, validate=True)
     except (ValueError, TypeError):
         return False
     try:
         public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError):
+    except (exceptions.InvalidSignature, ValueError):
         return False
     return True
 
@@ -799,7 +807,21 @@ class _TransportFailure(Exception):
         self.kind, self.reason = kind, reason
 
 
-if HAS_ORAS:
+_REGISTRY_CLASS: list = []
+
+
+def _oras() -> tuple:
+    """(requests, oras.container, _BpfdRegistry), imported on first use."""
+    if _REGISTRY_CLASS:
+        return _REGISTRY_CLASS[0]
+    try:
+        import requests
+        import oras.container
+        import oras.provider
+    except ImportError as exc:
+        raise BpfdError("pulling images needs the Python library oras on the managed host "
+                        "(pip install oras, or run the bpfd.core.bpfd_host role): %s" % exc)
+
     class _BpfdRegistry(oras.provider.Registry):
         """oras' Registry with an explicit request loop.
 
@@ -857,6 +879,9 @@ if HAS_ORAS:
                 raise _AuthFailure(has_creds, 401)
             return response
 
+    _REGISTRY_CLASS.append((requests, oras.container, _BpfdRegistry))
+    return _REGISTRY_CLASS[0]
+
 
 def _auth_pair(auth: Any) -> tuple | None:
     if not auth:
@@ -887,9 +912,7 @@ class RegistryClient:
     def __init__(self, ref: Reference, *, auth: Any = None, validate_certs: bool = True,
                  ca_path: str | None = None, insecure: bool = False,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        if not HAS_ORAS:
-            raise BpfdError("pulling images needs the Python library oras on the managed host "
-                            "(pip install oras, or run the bpfd.core.bpfd_host role)")
+        _requests, oras_container, registry_class = _oras()
         self.ref = ref
         self.insecure = bool(insecure)
         self.validate_certs = bool(validate_certs)
@@ -897,8 +920,8 @@ class RegistryClient:
         if ca_path and not os.path.isfile(ca_path):
             raise BpfdError("ca_path %s is not a file on the managed host" % ca_path)
         tls_verify: Any = (ca_path or True) if validate_certs else False
-        self.registry = _BpfdRegistry(hostname=ref.api_host, insecure=self.insecure,
-                                      tls_verify=tls_verify, auth_backend="token")
+        self.registry = registry_class(hostname=ref.api_host, insecure=self.insecure,
+                                       tls_verify=tls_verify, auth_backend="token")
         self.registry.timeout = float(timeout)
         # A default timeout for every request of the session, oras' token requests too
         # (requests has none: a registry that accepts and never answers would hang a task).
@@ -909,7 +932,7 @@ class RegistryClient:
         self.username = pair[0] if pair else None
         if pair:
             self.registry.auth.set_basic_auth(*pair)
-        self.container = oras.container.Container(
+        self.container = oras_container.Container(
             "%s/%s:%s" % (ref.api_host, ref.repository, ref.tag or "latest"))
         # oras' name regex does not know every host form (a bare "localhost"): set the parts.
         self.container.registry = ref.api_host

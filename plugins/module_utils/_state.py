@@ -15,6 +15,7 @@ import contextlib
 import copy
 import errno
 import fcntl
+import grp
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any, Iterator
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 
 STATE_VERSION = 1
+BPFD_GROUP = "bpfd"
 BPFFS_MAGIC_MOUNT = "/sys/fs/bpf"
 
 
@@ -94,6 +96,20 @@ def ensure_bpffs(layout: Layout) -> None:
                             % (root, proc.stderr.strip()))
     for path in (layout.bpffs, layout.programs_dir, layout.maps_dir, layout.hooks_dir):
         os.makedirs(path, mode=0o750, exist_ok=True)
+    # Members of group bpfd read map pins without sudo: they must be able to walk
+    # <bpffs>/bpfd and maps/ (after a reboot the module, not the role, creates them).
+    gid = bpfd_gid()
+    if gid is not None:
+        for path in (layout.bpffs, layout.maps_dir):
+            if os.stat(path).st_gid != gid:
+                os.chown(path, 0, gid)
+
+
+def bpfd_gid() -> int | None:
+    try:
+        return grp.getgrnam(BPFD_GROUP).gr_gid
+    except KeyError:
+        return None
 
 
 def write_json_atomic(path: str, data: Any) -> None:

@@ -358,11 +358,6 @@ def _user_exists(user: str) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_state.ensure_bpffs creates <bpffs>/bpfd and <bpffs>/bpfd/maps 0750 root:root; only the "
-    "bpfd_host role gives them group bpfd, and bpffs is empty after a reboot, so where the modules "
-    "(re)create the tree group bpfd cannot search either directory (pin_maps sets the group on "
-    "maps/<program> and the pins only)"))
 def test_group_can_reach_pins_when_the_modules_create_the_tree(veth, bpf_objects, tmp_path):
     """A host where group bpfd exists but the tree was made by the modules, not the role."""
     bpffs = "/sys/fs/bpf/bpfd-map-info-%s" % uuid.uuid4().hex[:6]

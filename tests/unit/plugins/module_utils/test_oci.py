@@ -596,3 +596,15 @@ def test_remove_image_from_a_cache_filled_by_hand(layout, tmp_path):
     assert result["changed"] and result["removed_blobs"] == 3 and result["freed_bytes"] > 0
     assert not os.path.exists(got.path) and _oci.list_images(layout) == {}
     assert not _oci.remove_image("r.example/bpf/xdp:1.0", layout=layout)["changed"]
+
+
+def test_oras_and_cryptography_are_imported_only_when_used():
+    import subprocess
+
+    code = ("import sys\n"
+            "from ansible_collections.bpfd.core.plugins.module_utils import _oci\n"
+            "print(sorted(m for m in ('oras', 'requests', 'cryptography') if m in sys.modules))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert out.strip() == "[]"
