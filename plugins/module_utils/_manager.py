@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils import _attach_tc
 from ansible_collections.bpfd.core.plugins.module_utils import _attach_xdp
+from ansible_collections.bpfd.core.plugins.module_utils import _declared
 from ansible_collections.bpfd.core.plugins.module_utils import _dispatcher
 from ansible_collections.bpfd.core.plugins.module_utils import _facts
 from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
@@ -260,6 +261,7 @@ class Manager:
             yield store, notes
             if not check_mode:
                 store.save()
+                _declared.write(self.layout, store.programs)
 
     # --- planning -----------------------------------------------------------
 
@@ -434,6 +436,7 @@ class Manager:
             loaded.close()
             raise
         record.update({
+            "bytecode": _declared.keep_bytecode(self.layout, spec.path, record["sha256"]),
             "bpf_function_name": loaded.function, "section": loaded.section,
             "prog_id": loaded.prog_id, "prog_pin": pin, "insns": _member.encode(loaded.insns),
             "relocs": loaded.relocs, "maps": loaded.maps, "frags": loaded.frags,

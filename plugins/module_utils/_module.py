@@ -6,12 +6,11 @@ library errors become ``fail_json`` (modules stay thin shells)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import traceback
 from typing import Any, Callable
 
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+from ansible_collections.bpfd.core.plugins.module_utils._declared import keep_bytecode
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._loader import check_object_file, file_sha256
 from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
@@ -58,14 +57,9 @@ def bytecode_path(params: dict, check_mode: bool, layout: Layout | None = None) 
         return params["path"]
     shipped = params["src"]
     check_object_file(shipped)
-    store = (layout or Layout()).bytecode_dir
-    kept = os.path.join(store, "%s.o" % file_sha256(shipped))
-    if not check_mode and not os.path.exists(kept):
-        os.makedirs(store, mode=0o750, exist_ok=True)
-        tmp = kept + ".tmp"
-        shutil.copyfile(shipped, tmp)
-        os.rename(tmp, kept)
-    return kept if os.path.exists(kept) else shipped
+    if check_mode:
+        return shipped
+    return keep_bytecode(layout or Layout(), shipped, file_sha256(shipped))
 
 
 def chained_program(module: Any, kind: str, mode: str | None, direction: str | None = None) -> None:

@@ -24,8 +24,9 @@ that no longer matches its digest is dropped and pulled again
 Registry access goes through the ``oras`` library (``oras.provider.Registry``:
 its requests session, TLS settings, token-auth backend, blob upload); the few
 places that go around it say why. ``cryptography`` is needed only to verify
-cosign signatures. Both imports are guarded: modules report
-``missing_required_lib`` from ``HAS_ORAS`` / ``HAS_CRYPTOGRAPHY``.
+cosign signatures. Both are imported on first use only (a cached image with
+``pull_policy: Never`` needs neither): modules report ``missing_required_lib``
+from ``HAS_ORAS`` / ``HAS_CRYPTOGRAPHY``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from typing import Any, Iterable, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._state import Layout, write_json_atomic
-
 
 
 def _installed(name: str) -> bool:
