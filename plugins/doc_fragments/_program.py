@@ -28,14 +28,66 @@ options:
   path:
     description:
       - Path of the BPF ELF object on the managed host.
-      - Mutually exclusive with O(src).
+      - Mutually exclusive with O(src) and O(image).
     type: path
   src:
     description:
       - Path of the BPF ELF object on the controller. The action plugin ships it to the host,
         where it is kept in the bytecode store C(/var/lib/bpfd/bytecode/<sha256>.o).
-      - Mutually exclusive with O(path).
+      - Mutually exclusive with O(path) and O(image).
     type: path
+  image:
+    description:
+      - OCI image holding the bytecode in bpfd's image format (one gzip tar layer with the ELF
+        object; v1 C(io.ebpf.*) or v2 C(io.ebpf.programs) labels), as C(bpfctl load-from-image
+        --image-url). Pulled on the managed host with oras into a content-addressed cache in
+        C(/var/lib/bpfd/images); digests are re-checked on every use.
+      - A tag or a digest reference (V(quay.io/bpfd-bytecode/xdp_pass:latest),
+        V(registry.example/xdp@sha256:...)). Multi-arch indexes pick the host's architecture.
+      - Mutually exclusive with O(path) and O(src).
+    type: str
+  pull_policy:
+    description:
+      - V(IfNotPresent) uses the cached image when there is one; V(Always) asks the registry
+        every run (a tag that moved reloads the program and swaps it in); V(Never) fails when the
+        image is not cached.
+    type: str
+    choices: [Always, IfNotPresent, Never]
+    default: IfNotPresent
+  registry_auth:
+    description: Credentials for the registry (basic auth or a token exchange).
+    type: dict
+    suboptions:
+      username:
+        description: Registry user.
+        type: str
+        required: true
+      password:
+        description: Registry password or token; never logged.
+        type: str
+        required: true
+  validate_certs:
+    description: Verify the registry's TLS certificate.
+    type: bool
+    default: true
+  ca_path:
+    description: CA bundle (PEM) to verify a private registry's certificate with.
+    type: path
+  insecure_registry:
+    description: Talk plain HTTP to the registry. Only for registries on trusted networks.
+    type: bool
+    default: false
+  verify:
+    description:
+      - Cosign key-pair signature check of the image (signature at tag C(sha256-<digest>.sig)).
+      - V(required) refuses unsigned or badly signed images; V(optional) checks a signature when
+        there is one; V(none) skips the check.
+    type: str
+    choices: [none, optional, required]
+    default: none
+  verify_key:
+    description: Public key (PEM text or a path on the host) for O(verify).
+    type: str
   bpf_function_name:
     description:
       - Name of the function inside the object to load.
@@ -76,6 +128,7 @@ requirements:
   - Linux with BPF, bpffs and bpf_link support (kernel 5.9 or later).
   - libbpf 1.0 or later (C(libbpf.so.1)) on the managed host.
   - pyroute2 for the Python interpreter running the module on the managed host.
+  - oras (and cryptography for O(verify)) on the managed host when O(image) is used.
 notes:
   - Modules run as root on the managed host (use C(become)).
   - Run-time state is kept in C(/run/bpfd), pins in C(/sys/fs/bpf/bpfd); both last until reboot.

@@ -53,8 +53,10 @@ def program_facts(record: dict, position: int | None, hook: dict | None, kernel:
         "path": record.get("path"),
         "sha256": record.get("sha256"),
         "bpf_function_name": record.get("bpf_function_name"),
-        "image_url": None,
-        "pull_policy": None,
+        "image_url": (record.get("image") or {}).get("url"),
+        "image_digest": (record.get("image") or {}).get("digest"),
+        "pull_policy": (record.get("image") or {}).get("pull_policy"),
+        "image_verified": (record.get("image") or {}).get("verified"),
         "global_data": record.get("global_data", {}),
         "metadata": record.get("metadata", {}),
         "map_pin_path": record.get("map_pin_path"),
@@ -122,7 +124,8 @@ def chain_view(hook: dict | None, members: list) -> dict:
         "mode": hook.get("mode"),
         "dispatcher_id": hook.get("dispatcher_id"),
         "programs": [{"position": i, "name": m["name"], "priority": m["priority"],
-                      "proceed_on": m["proceed_on"], "id": m.get("prog_id")}
+                      "proceed_on": m["proceed_on"], "id": m.get("prog_id"),
+                      "digest": (m.get("image") or {}).get("digest")}
                      for i, m in enumerate(members)],
     }
 
@@ -135,6 +138,7 @@ def diff_text(chains: dict) -> str:
         where = chain["interface"] + (" " + chain["direction"] if chain.get("direction") else "")
         lines.append("%s (%s, %s mode):" % (key, where, chain["mode"] or "auto"))
         for prog in chain["programs"]:
-            lines.append("  %d: %s priority=%d proceed_on=%s" % (
-                prog["position"], prog["name"], prog["priority"], ",".join(prog["proceed_on"])))
+            lines.append("  %d: %s priority=%d proceed_on=%s%s" % (
+                prog["position"], prog["name"], prog["priority"], ",".join(prog["proceed_on"]),
+                " image=%s" % prog["digest"] if prog.get("digest") else ""))
     return "\n".join(lines) + ("\n" if lines else "")

@@ -58,6 +58,7 @@ class ProgramSpec:
     global_data: dict = field(default_factory=dict)
     map_owner: str | None = None
     netns: str | None = None
+    image: dict | None = None
 
 
 def hook_key(kind: str, ifindex: int, direction: str | None = None, netns: str | None = None) -> str:
@@ -287,6 +288,7 @@ class Manager:
             "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
             "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
             "map_owner": spec.map_owner,
+            "image": spec.image,
         })
         if spec.function is not None:
             record["bpf_function_name"] = spec.function

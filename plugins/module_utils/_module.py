@@ -6,8 +6,9 @@ library errors become ``fail_json`` (modules stay thin shells)."""
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
 from ansible_collections.bpfd.core.plugins.module_utils._declared import keep_bytecode
@@ -26,12 +27,25 @@ PROGRAM_ARGS = dict(
     global_data=dict(type="dict", default={}),
     map_owner=dict(type="str"),
     netns=dict(type="path"),
+    image=dict(type="str"),
+    pull_policy=dict(type="str", default="IfNotPresent", choices=["Always", "IfNotPresent", "Never"]),
+    registry_auth=dict(type="dict", no_log=False, options=dict(
+        username=dict(type="str", required=True),
+        password=dict(type="str", required=True, no_log=True),
+    )),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+    insecure_registry=dict(type="bool", default=False),
+    verify=dict(type="str", default="none", choices=["none", "optional", "required"]),
+    # a public key: not secret, though its name says "key"
+    verify_key=dict(type="str", no_log=False),
 )
 
 PROGRAM_ARG_RULES = dict(
-    mutually_exclusive=[("path", "src"), ("name", "id")],
+    mutually_exclusive=[("path", "src", "image"), ("name", "id")],
     required_one_of=[("name", "id")],
-    required_if=[("state", "present", ("name",)), ("state", "present", ("path", "src"), True)],
+    required_if=[("state", "present", ("name",)), ("state", "present", ("path", "src", "image"), True),
+                 ("verify", "optional", ("verify_key",)), ("verify", "required", ("verify_key",))],
 )
 
 
@@ -72,15 +86,42 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
     def operation() -> dict:
         if params["state"] == "absent":
             return manager.absent(name=params["name"], prog_id=params["id"], check_mode=module.check_mode)
-        spec = ProgramSpec(
-            name=params["name"], kind=kind, path=bytecode_path(params, module.check_mode),
-            interface=params["interface"], priority=params["priority"], direction=direction,
-            proceed_on=params["proceed_on"], function=params["bpf_function_name"],
-            mode=mode, metadata=metadata(params), global_data=params["global_data"],
-            map_owner=params["map_owner"], netns=params["netns"])
-        return manager.present(spec, check_mode=module.check_mode)
+        with bytecode(module, kind) as (path, function, image):
+            spec = ProgramSpec(
+                name=params["name"], kind=kind, path=path,
+                interface=params["interface"], priority=params["priority"], direction=direction,
+                proceed_on=params["proceed_on"], function=function,
+                mode=mode, metadata=metadata(params), global_data=params["global_data"],
+                map_owner=params["map_owner"], netns=params["netns"], image=image)
+            return manager.present(spec, check_mode=module.check_mode)
 
     run(module, operation)
+
+
+@contextlib.contextmanager
+def bytecode(module: Any, kind: str) -> Iterator[tuple]:
+    """(host path, function name, image facts) from path, src or image."""
+    params = module.params
+    if not params.get("image"):
+        yield bytecode_path(params, module.check_mode), params["bpf_function_name"], None
+        return
+    from ansible.module_utils.basic import missing_required_lib
+    from ansible_collections.bpfd.core.plugins.module_utils import _oci
+
+    if not _oci.HAS_ORAS:
+        module.fail_json(msg=missing_required_lib("oras"))
+    if params["verify"] != "none" and not _oci.HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib("cryptography"))
+    image = _oci.resolve_image(
+        params["image"], pull_policy=params["pull_policy"], auth=params["registry_auth"],
+        validate_certs=params["validate_certs"], ca_path=params["ca_path"],
+        insecure=params["insecure_registry"], verify=params["verify"], verify_key=params["verify_key"],
+        check_mode=module.check_mode)
+    try:
+        function = _oci.select_function(image, kind, params["bpf_function_name"])
+        yield image.path, function, image.facts()
+    finally:
+        image.cleanup()
 
 
 def chain_member_options(kind: str) -> dict:

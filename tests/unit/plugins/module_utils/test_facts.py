@@ -84,8 +84,9 @@ def test_chain_view_positions_follow_the_given_order():
     assert view == {
         "interface": "veth0", "direction": None, "mode": "native", "dispatcher_id": 77,
         "programs": [
-            {"position": 0, "name": "a", "priority": 10, "proceed_on": ["pass", "dispatcher_return"], "id": 5},
-            {"position": 1, "name": "b", "priority": 20, "proceed_on": ["drop"], "id": 6},
+            {"position": 0, "name": "a", "priority": 10, "proceed_on": ["pass", "dispatcher_return"], "id": 5,
+             "digest": None},
+            {"position": 1, "name": "b", "priority": 20, "proceed_on": ["drop"], "id": 6, "digest": None},
         ],
     }
 
