@@ -86,6 +86,7 @@ def bench_dispatcher(kind: str, obj: str, rounds: int, repeat: int) -> dict:
 def scratch_veth():
     tag = uuid.uuid4().hex[:6]
     name, peer, netns = "bpfdb%s" % tag, "bpfdq%s" % tag, "bpfd-bench-%s" % tag
+
     def run(*argv: str) -> None:
         subprocess.run(list(argv), check=True, capture_output=True)
 

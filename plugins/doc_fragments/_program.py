@@ -107,7 +107,7 @@ options:
     description:
       - Name of another managed program whose maps this program uses instead of creating its
         own (matched by map name; definitions must be compatible), as bpfd's C(--map-owner-id).
-      - Both programs' facts list the sharers in RV(program.maps_used_by). Removing the owner
+      - Both programs' facts list the sharers in C(maps_used_by). Removing the owner
         while others still use its maps keeps the maps pinned for them.
     type: str
   netns:

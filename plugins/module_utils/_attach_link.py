@@ -56,7 +56,7 @@ class LinkAttachment(Attachment):
             except BaseException:
                 libbpf.link_detach(link_fd)
                 raise
-            undo.add(lambda: self._unpin_and_detach())
+            undo.add(self._unpin_and_detach)
             hook["link_pin"] = self.link_pin
             hook["link_id"] = libbpf.link_info(link_fd)["id"]
 
