@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils import _attach_tc
+from ansible_collections.bpfd.core.plugins.module_utils import _attach_trace
 from ansible_collections.bpfd.core.plugins.module_utils import _attach_xdp
 from ansible_collections.bpfd.core.plugins.module_utils import _declared
 from ansible_collections.bpfd.core.plugins.module_utils import _dispatcher
@@ -36,6 +37,7 @@ from ansible_collections.bpfd.core.plugins.module_utils._state import (
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOOK_PROG_TYPES = {"xdp": (libbpf.PROG_TYPE_XDP,), "tc": (libbpf.PROG_TYPE_SCHED_CLS,)}
+PROG_TYPES = dict(HOOK_PROG_TYPES, **_attach_trace.PROG_TYPES)
 HOOK_MODES = {"xdp": tuple(_attach_xdp.MODES), "tc": _attach_tc.ATTACH_METHODS}
 MODE_OPTION = {"xdp": "xdp_mode", "tc": "tc_attach"}
 LONG_LOCK_WAIT = 1.0
@@ -59,6 +61,7 @@ class ProgramSpec:
     map_owner: str | None = None
     netns: str | None = None
     image: dict | None = None
+    attach: dict | None = None  # tracing kinds: where to attach (tracepoint, function, target, ...)
 
 
 def hook_key(kind: str, ifindex: int, direction: str | None = None, netns: str | None = None) -> str:
@@ -161,7 +164,7 @@ class Manager:
                                     % (old["kind"], spec.name))
                 self._check_map_owner(store, spec)
                 new = self._record(spec, proceed_on, sha256, ifindex, key, old)
-                reload = old is None or old["sha256"] != sha256 or (
+                reload = old is None or old["sha256"] != sha256 or old.get("attach") != new.get("attach") or (
                     spec.function is not None and spec.function != old["bpf_function_name"]) or (
                     old.get("global_data", {}) != new["global_data"]) or old.get("map_owner") != spec.map_owner
                 programs[spec.name] = new
@@ -193,6 +196,12 @@ class Manager:
 
     def _plan(self, spec: ProgramSpec) -> tuple:
         """Everything about one spec that needs no lock: validation, file, interface."""
+        if spec.kind in _attach_trace.KINDS:
+            self._validate_name(spec.name)
+            _loader.check_object_file(spec.path)
+            _attach_trace.check_spec(spec.kind, spec.attach or {})
+            _attach_trace.probe_kernel(spec.kind, spec.attach or {})
+            return spec, [], _loader.file_sha256(spec.path), None, None
         proceed_on = self._validate(spec)
         _loader.check_object_file(spec.path)
         with _netlink.in_netns(spec.netns):
@@ -266,10 +275,14 @@ class Manager:
 
     # --- planning -----------------------------------------------------------
 
-    def _validate(self, spec: ProgramSpec) -> list:
-        if not NAME_RE.match(spec.name or ""):
+    @staticmethod
+    def _validate_name(name: str | None) -> None:
+        if not NAME_RE.match(name or ""):
             raise BpfdError("name %r is not valid: use 1-63 letters, digits, '_', '.' or '-', "
-                            "starting with a letter or digit" % spec.name)
+                            "starting with a letter or digit" % name)
+
+    def _validate(self, spec: ProgramSpec) -> list:
+        self._validate_name(spec.name)
         _proceed_on.check_priority(spec.priority)
         if spec.mode is not None and spec.mode not in HOOK_MODES[spec.kind]:
             raise BpfdError("%s must be one of %s" % (MODE_OPTION[spec.kind], ", ".join(HOOK_MODES[spec.kind])))
@@ -289,6 +302,7 @@ class Manager:
             "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
             "map_owner": spec.map_owner,
             "image": spec.image,
+            "attach": spec.attach,
         })
         if spec.function is not None:
             record["bpf_function_name"] = spec.function
@@ -302,6 +316,8 @@ class Manager:
         if reload:
             changes.append("global_data" if old["sha256"] == new["sha256"] and old.get(
                 "global_data", {}) != new["global_data"] else "bytecode")
+        if old.get("attach") != new.get("attach"):
+            changes.append("attach")
         for key in ("interface", "direction", "netns", "priority", "proceed_on", "metadata", "path",
                     "requested_mode", "map_owner"):
             if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
@@ -363,7 +379,7 @@ class Manager:
         predicted = copy.copy(store)
         predicted.data = copy.deepcopy(store.data)
         predicted.data["programs"] = programs
-        for hook in affected:
+        for hook in filter(None, affected):
             members = self._members(programs, hook)
             if members:
                 first = members[0]
@@ -400,6 +416,8 @@ class Manager:
             for spec, _new, old, reload in steps:
                 if reload and old:
                     remove_pin(old["prog_pin"])
+                    if old.get("link_pin"):
+                        remove_pin(old["link_pin"])
                 if spec.name in loaded:
                     self._repin_maps(spec, loaded[spec.name])
             for name, record in removed.items():
@@ -425,7 +443,7 @@ class Manager:
             # A reload keeps the program's pinned maps when their definition still fits.
             reuse, strict = {m: os.path.join(map_dir, m) for m in maps_before or ()}, False
         loaded = _loader.load_program(spec.path, function=spec.function,
-                                      prog_types=HOOK_PROG_TYPES[spec.kind], kind=spec.kind,
+                                      prog_types=PROG_TYPES[spec.kind], kind=spec.kind,
                                       map_pin_dir=map_dir, global_data=record["global_data"],
                                       reuse=reuse, strict_reuse=strict)
         program_dir = self.layout.program_dir(spec.name)
@@ -444,6 +462,16 @@ class Manager:
             "relocs": loaded.relocs, "maps": loaded.maps, "frags": loaded.frags,
             "map_pin_path": self.layout.map_dir(spec.map_owner) if spec.map_owner else map_dir,
         })
+        if spec.kind in _attach_trace.KINDS:
+            # No dispatcher: the program gets its own link, pinned beside it.
+            try:
+                _attach_trace.check_spec(spec.kind, spec.attach or {}, loaded.section)
+                link_pin = os.path.join(program_dir, "link_%d" % loaded.prog_id)
+                record["link_id"] = _attach_trace.attach(loaded, spec.kind, spec.attach or {}, link_pin)
+                record["link_pin"] = link_pin
+            except BaseException:
+                loaded.close()
+                raise
         return loaded
 
     def _repin_maps(self, spec: ProgramSpec, loaded: _loader.LoadedProgram) -> None:
@@ -536,7 +564,8 @@ class Manager:
         programs = {n: r for n, r in store.programs.items() if n != name}
         undo = _Undo()
         try:
-            self._sync_hook(store, programs, record["hook"], None, {}, undo)
+            if record["hook"] is not None:
+                self._sync_hook(store, programs, record["hook"], None, {}, undo)
             store.data["programs"] = programs
             store.save()
             undo.forget()
@@ -570,6 +599,13 @@ class Manager:
         """Converge the record with the kernel; say what was found."""
         notes: list = []
         for name, record in list(store.programs.items()):
+            if record.get("link_pin") and not _attach_trace.alive(record["link_pin"]):
+                notes.append("program %s: its link %s vanished; dropped from the record"
+                             % (name, record["link_pin"]))
+                del store.programs[name]
+                if not dry:
+                    remove_pin_tree(self.layout.program_dir(name))
+                continue
             if not os.path.exists(record.get("prog_pin", "")):
                 notes.append("program %s: its pin %s vanished; dropped from the record"
                              % (name, record.get("prog_pin")))
@@ -624,7 +660,8 @@ class Manager:
 
     def _remove_unrecorded_pins(self, store: StateStore, notes: list) -> None:
         expected = {
-            self.layout.programs_dir: {n: {os.path.basename(r["prog_pin"])} for n, r in store.programs.items()},
+            self.layout.programs_dir: {n: {os.path.basename(p) for p in (r["prog_pin"], r.get("link_pin")) if p}
+                                       for n, r in store.programs.items()},
             self.layout.hooks_dir: {k: {"link"} for k in store.hooks},
         }
         for top, wanted in expected.items():
@@ -648,6 +685,8 @@ class Manager:
 
     def _position(self, store: StateStore, name: str) -> int | None:
         record = store.programs[name]
+        if record["hook"] is None:
+            return None
         names = [m["name"] for m in self._members(store.programs, record["hook"])]
         return names.index(name) if name in names else None
 
@@ -663,6 +702,8 @@ class Manager:
     def _chains(self, store: StateStore, keys: list) -> dict:
         chains = {}
         for key in keys:
+            if key is None:  # programs without a dispatcher have no chain
+                continue
             hook = store.hooks.get(key)
             members = self._members(store.programs, key)
             if hook is None and not members:

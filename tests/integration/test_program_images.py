@@ -1,0 +1,316 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``image:`` in the program modules, through real ansible-playbook runs.
+
+Images are pushed to Debian's docker-registry on 127.0.0.1 (helpers_oci: one plain
+HTTP registry, one HTTPS registry with a throw-away CA and htpasswd auth, and a
+private one a test stops and restarts) and loaded with bpfd.core.bpf_xdp_program
+(once bpf_tc_program) on the test's own veth pair. What the modules say is checked
+against the kernel (bpftool, BPF_PROG_TEST_RUN on the attached dispatcher, ping),
+the state file, and the host's image cache.
+
+Module runs use the host's real cache (/var/lib/bpfd/images). Every image pushed
+here carries a per-run nonce label, so its manifest and config digests are this
+run's own: the cache checks look for exactly those blobs, and every reference on
+our registries is dropped from the cache (``_oci.remove_image``) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import kernel_snapshot
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import helpers_oci as h  # noqa: E402
+import helpers_xdp as hx  # noqa: E402
+
+from ansible_collections.bpfd.core.plugins.module_utils import _oci  # noqa: E402
+from ansible_collections.bpfd.core.plugins.module_utils._state import Layout  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
+
+XDP = "bpfd.core.bpf_xdp_program"
+TC = "bpfd.core.bpf_tc_program"
+INFO = "bpfd.core.bpf_program_info"
+USER, PASSWORD = "bpfd-img-user", "pw-Kx7#image-never-shown"
+WRONG_PASSWORD = "pw-Wq3#also-never-shown"
+NONCE = uuid.uuid4().hex[:12]
+CACHE_ROOT = pathlib.Path(Layout().lib_dir) / "images"
+
+
+# --- registries and images ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    why = h.registry_env_ready()
+    if why:
+        pytest.skip(why)
+    path = pathlib.Path(tempfile.mkdtemp(prefix="bpfd-img-module-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def registries(workdir):
+    """Every registry this module starts; at the end, their images leave the host cache
+    (and the cache directory itself, when this module created it and it is empty again)."""
+    cache_existed = CACHE_ROOT.exists()
+    started = []
+    yield started
+    for registry in started:
+        registry.stop()
+    for url in _oci.list_images():
+        if any(url.startswith(r.host + "/") for r in started):
+            _oci.remove_image(url)
+    if not cache_existed:
+        _drop_cache_dir_if_empty()
+
+
+def _drop_cache_dir_if_empty() -> None:
+    cache = _oci.ImageCache()
+    with cache.locked():
+        if cache.read_index()["images"] or cache.blob_paths() or any(
+                (CACHE_ROOT / "objects").glob("*")):
+            return  # someone else's images arrived meanwhile
+        shutil.rmtree(CACHE_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def plain(workdir, registries):
+    registry = h.LocalRegistry(workdir / "plain")
+    registries.append(registry)
+    return registry.start()
+
+
+@pytest.fixture(scope="module")
+def secure(workdir, registries):
+    tls = h.make_tls(workdir / "tls")
+    htpasswd = h.write_htpasswd(workdir / "htpasswd", {USER: PASSWORD})
+    registry = h.LocalRegistry(workdir / "secure", tls=tls, htpasswd=htpasswd)
+    registries.append(registry)
+    return registry.start()
+
+
+@pytest.fixture
+def private_registry(workdir, registries):
+    """A registry of one test's own (it may stop and restart it)."""
+    registry = h.LocalRegistry(workdir / ("own-%s" % uuid.uuid4().hex[:6]))
+    registries.append(registry)
+    return registry.start()
+
+
+AUTH = {"username": USER, "password": PASSWORD}
+
+
+def publish(registry, repo_tag: str, obj: str, *, label_format: str = "v2",
+            auth: dict | None = None) -> str:
+    """Push ``obj`` as a bpfd image (the library's publisher), with this run's nonce label.
+
+    Returns the manifest digest; the manifest and config blobs are ours alone.
+    """
+    built = _oci.build_image(obj, label_format=label_format,
+                             labels={"org.bpfd-core.test-nonce": "%s-%s" % (NONCE, repo_tag)})
+    cl = h.client(registry, repo_tag.split(":")[0], auth=auth)
+    manifest = json.loads(built["manifest"])
+    cl.push_blob(built["config"], manifest["config"]["mediaType"])
+    cl.push_blob(built["layer"], manifest["layers"][0]["mediaType"])
+    ref = _oci.parse_reference(registry.url(repo_tag))
+    return cl.push_manifest(built["manifest"], built["media_type"], ref.reference)
+
+
+def own_blobs(digest: str) -> list:
+    """The cache paths of an image's manifest and config (unique to this run)."""
+    cl_manifest = None
+    path = CACHE_ROOT / "blobs" / "sha256" / digest.split(":")[1]
+    found = [str(path)] if path.exists() else []
+    if path.exists():
+        cl_manifest = json.loads(path.read_bytes())
+        config = CACHE_ROOT / "blobs" / "sha256" / cl_manifest["config"]["digest"].split(":")[1]
+        if config.exists():
+            found.append(str(config))
+    return found
+
+
+def cached_refs(registry) -> dict:
+    return {url: e for url, e in _oci.list_images().items() if url.startswith(registry.host + "/")}
+
+
+# --- tasks and views --------------------------------------------------------------------------
+
+
+def xdp(task: str, name: str, veth, priority: int, image: str, **extra) -> dict:
+    args = {"name": name, "image": image, "interface": veth.name, "priority": priority}
+    args.update(extra)
+    return {"name": task, XDP: args}
+
+
+def failing(task: dict) -> dict:
+    return dict(task, ignore_errors=True)
+
+
+def assert_clean_failure(result: dict, *phrases: str) -> None:
+    assert result["_failed"], result
+    msg = result.get("msg", "")
+    for phrase in phrases:
+        assert phrase.lower() in msg.lower(), (phrase, msg)
+    for key in ("msg", "module_stderr", "module_stdout", "exception"):
+        assert "Traceback" not in str(result.get(key, "")), (key, result.get(key))
+    assert "unexpected error" not in msg, msg
+
+
+def mine(veth) -> dict:
+    """What of the host can be this test's: state, pins, attachment and links on the veth."""
+    snap = kernel_snapshot()
+    state = snap["state"] or {"programs": {}, "hooks": {}}
+    programs = {n: r for n, r in state["programs"].items() if r.get("interface") == veth.name}
+    hooks = {k: v for k, v in state["hooks"].items() if v.get("interface") == veth.name}
+    attached = [p["id"] for p in hx.attached_xdp(veth.name)]
+    ids = {r.get("prog_id") for r in programs.values()} | {v.get("dispatcher_id") for v in hooks.values()}
+    return {"programs": programs, "hooks": hooks, "attached": attached,
+            "links": sorted(link for i in attached for link in hx.xdp_links_running(i)),
+            "pins": [p for p in snap["pins"] if veth.name in p],
+            "alive": sorted(i for i in ids if i and hx.prog_exists(i))}
+
+
+def test_run(prog_id: int) -> int:
+    return hx.run_xdp(prog_id, hx.ipv4_udp_packet("10.1.1.1", "10.1.1.2"))
+
+
+test_run.__test__ = False  # a helper, not a test
+
+
+# =====================================================================================
+# 1. The tutorial, with images
+# =====================================================================================
+
+
+def test_tutorial_with_images(veth, bpf_objects, plain, playbook):
+    v2 = publish(plain, "tutorial/xdp_pass:latest", bpf_objects["xdp_pass"])
+    v1 = publish(plain, "tutorial/xdp_pass_v1:latest", bpf_objects["xdp_pass"], label_format="v1")
+    url_v2, url_v1 = plain.url("tutorial/xdp_pass:latest"), plain.url("tutorial/xdp_pass_v1:latest")
+    name = {p: "%s-img%d" % (veth.name, p) for p in (100, 50, 200, 150)}
+    tasks = [xdp("load %d" % p, name[p], veth, p, url_v1 if p == 150 else url_v2,
+                 insecure_registry=True) for p in (100, 50, 200, 150)]
+    started = time.monotonic()
+    results = playbook(tasks + [{"name": "info", INFO: {"interface": veth.name}}])
+    elapsed = time.monotonic() - started
+
+    expected = {100: {100: 0}, 50: {50: 0, 100: 1}, 200: {50: 0, 100: 1, 200: 2},
+                150: {50: 0, 100: 1, 150: 2, 200: 3}}
+    links = set()
+    for prio in (100, 50, 200, 150):
+        res = results["load %d" % prio]
+        prog = res["program"]
+        assert res["changed"] is True and res["changes"] == ["loaded"], res
+        assert {p["priority"]: p["position"] for p in res["chain"]} == expected[prio]
+        assert prog["position"] == expected[prio][prio]
+        assert prog["image_url"] == (url_v1 if prio == 150 else url_v2)
+        assert prog["image_digest"] == (v1 if prio == 150 else v2)
+        assert prog["pull_policy"] == "IfNotPresent"
+        assert prog["bpf_function_name"] == "pass" and prog["kernel_name"] == "pass"
+        assert prog["path"].startswith(str(CACHE_ROOT / "objects") + os.sep), prog["path"]
+        assert hx.bpftool_json("prog", "show", "id", str(prog["id"]))["type"] == "xdp"
+        links.add(prog["link_id"])
+    assert len(links) == 1  # every step after the first was a swap on the same bpf_link
+    listed = sorted(results["info"]["programs"], key=lambda p: p["position"])
+    assert [(p["priority"], p["image_digest"]) for p in listed] == [
+        (50, v2), (100, v2), (150, v1), (200, v2)]
+    # The kernel runs the chain: one dispatcher attached, four members, XDP_PASS.
+    dispatcher = hx.dispatcher_id(veth.name)
+    assert dispatcher == listed[0]["dispatcher_id"]
+    assert hx.xdp_links_running(dispatcher) == [listed[0]["link_id"]]
+    assert test_run(dispatcher) == hx.XDP_PASS
+    assert veth.ping()
+    print("\n[timing] four image loads + info in one play: %.1f s" % elapsed)
+
+
+# =====================================================================================
+# 2. Pull policies, a moved tag, digest references
+# =====================================================================================
+
+
+def test_pull_policies_moved_tag_and_digest_reference(veth, bpf_objects, private_registry, playbook):
+    reg = private_registry
+    url = reg.url("policy/xdp:stable")
+    name = veth.name + "-pol"
+
+    def load(task: str, policy: str) -> dict:
+        return xdp(task, name, veth, 100, url, pull_policy=policy, insecure_registry=True)
+
+    d1 = publish(reg, "policy/xdp:stable", bpf_objects["xdp_pass"])
+    hx.pin_neighbour(veth)
+    first = playbook([load("first", "IfNotPresent")])["first"]
+    prog = first["program"]
+    assert first["changed"] is True and first["changes"] == ["loaded"]
+    assert (prog["image_url"], prog["image_digest"], prog["pull_policy"]) == (url, d1, "IfNotPresent")
+    assert cached_refs(reg)[url]["digest"] == d1
+    prog_id, link_id = prog["id"], prog["link_id"]
+
+    # IfNotPresent with the image cached never asks the registry: stopped, the run still
+    # succeeds, unchanged. Never with an uncached image fails and touches nothing.
+    port = reg.port
+    reg.stop()
+    never_url = reg.url("policy/never:1.0")
+    before = mine(veth)
+    results = playbook([load("again", "IfNotPresent"),
+                        failing(xdp("never", name + "-never", veth, 50, never_url, pull_policy="Never",
+                                    insecure_registry=True))], expect_failure=True)
+    again = results["again"]
+    assert not again["_failed"], again.get("msg")
+    assert again["changed"] is False and "changes" not in again
+    assert again["program"]["id"] == prog_id and again["program"]["image_digest"] == d1
+    assert_clean_failure(results["never"], "not in the host's image cache", "pull_policy is Never",
+                         "policy/never:1.0")
+    assert mine(veth) == before
+    assert never_url not in cached_refs(reg)
+    assert veth.ping()
+
+    # The tag moves to a new digest (xdp_drop under the same tag).
+    reg.start(port=port)
+    d2 = publish(reg, "policy/xdp:stable", bpf_objects["xdp_drop"])
+    assert d2 != d1
+    results = playbook([load("kept", "IfNotPresent"), load("always", "Always")], diff=True)
+    kept, always = results["kept"], results["always"]
+    assert kept["changed"] is False and kept["program"]["id"] == prog_id
+    assert kept["program"]["image_digest"] == d1
+    assert always["changed"] is True and "bytecode" in always["changes"], always.get("changes")
+    new = always["program"]
+    assert new["image_digest"] == d2 and new["pull_policy"] == "Always"
+    assert new["bpf_function_name"] == "drop" and new["kernel_name"] == "drop"
+    assert new["id"] != prog_id and hx.wait_gone(hx.prog_exists, prog_id)
+    assert new["link_id"] == link_id  # swapped on the same bpf_link
+    line = "0: %s priority=100 proceed_on=pass,dispatcher_return image=%s"
+    assert line % (name, d1) in always["diff"]["before"], always["diff"]
+    assert line % (name, d2) in always["diff"]["after"], always["diff"]
+    dispatcher = hx.dispatcher_id(veth.name)
+    assert hx.xdp_links_running(dispatcher) == [link_id]
+    assert test_run(dispatcher) == hx.XDP_DROP
+    assert not hx.ping(veth.name, veth.peer_ip, count=2, timeout=0.5)
+    assert cached_refs(reg)[url]["digest"] == d2
+
+    # By digest: the old image, as a second program in front; the same task again is a no-op.
+    by_digest = reg.url("policy/xdp@" + d1)
+    task = xdp("by digest", name + "-dg", veth, 50, by_digest, insecure_registry=True)
+    results = playbook([task, dict(task, name="by digest again")])
+    first, second = results["by digest"], results["by digest again"]
+    assert first["changed"] is True and first["changes"] == ["loaded"]
+    assert (first["program"]["image_url"], first["program"]["image_digest"]) == (by_digest, d1)
+    assert first["program"]["kernel_name"] == "pass" and first["program"]["position"] == 0
+    assert second["changed"] is False and second["program"]["id"] == first["program"]["id"]
+    assert [(p["name"], p["image_digest"]) for p in second["chain"]] == [
+        (name + "-dg", d1), (name, d2)]
+    assert test_run(hx.dispatcher_id(veth.name)) == hx.XDP_DROP  # pass proceeds, drop ends it
