@@ -32,7 +32,7 @@ from ansible_collections.bpfd.core.plugins.module_utils import _proceed_on
 from ansible_collections.bpfd.core.plugins.module_utils._attach_link import Attachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._state import (
-    Layout, StateStore, ensure_bpffs, remove_pin, remove_pin_tree,
+    Layout, StateStore, crash_point, ensure_bpffs, remove_pin, remove_pin_tree,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -407,11 +407,14 @@ class Manager:
             for spec, new, _old, reload in steps:
                 if reload:
                     loaded[spec.name] = self._load_member(spec, new, undo)
+            crash_point("after_load")
             by_id = {lp.prog_id: lp for lp in loaded.values()}
             for key in affected:
                 self._sync_hook(store, programs, key, modes.get(key), by_id, undo)
+            crash_point("after_swap")
             store.data["programs"] = programs
             store.save()
+            crash_point("after_save")
             undo.forget()
             for spec, _new, old, reload in steps:
                 if reload and old:
@@ -423,6 +426,7 @@ class Manager:
             for name, record in removed.items():
                 remove_pin_tree(self.layout.program_dir(name))
                 self._release_maps(store, name, record)
+            crash_point("after_cleanup")
         except BaseException:
             undo.run()
             raise
@@ -499,6 +503,7 @@ class Manager:
                 self._detach(store, key)
             return
         with self._dispatcher_fd(members, loaded) as disp_fd:
+            crash_point("before_swap")
             if hook is not None and mode is not None and mode != hook["mode"]:
                 # Only a sole member may change the mode (see _hook_mode); the
                 # kernel cannot move a link between modes, so re-attach.
@@ -566,6 +571,7 @@ class Manager:
         try:
             if record["hook"] is not None:
                 self._sync_hook(store, programs, record["hook"], None, {}, undo)
+            crash_point("remove_after_swap")
             store.data["programs"] = programs
             store.save()
             undo.forget()

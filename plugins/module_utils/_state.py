@@ -208,3 +208,16 @@ def remove_pin_tree(path: str) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
+
+
+CRASH_POINT_ENV = "BPFD_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: die here with SIGKILL when BPFD_CRASH_AT names this point.
+
+    The reliability suite places kills between the steps of a change (load,
+    pin, swap, record, cleanup) to prove every step order converges.
+    """
+    if os.environ.get(CRASH_POINT_ENV) == name:
+        os.kill(os.getpid(), 9)

@@ -314,3 +314,171 @@ def test_pull_policies_moved_tag_and_digest_reference(veth, bpf_objects, private
     assert [(p["name"], p["image_digest"]) for p in second["chain"]] == [
         (name + "-dg", d1), (name, d2)]
     assert test_run(hx.dispatcher_id(veth.name)) == hx.XDP_DROP  # pass proceeds, drop ends it
+
+
+# =====================================================================================
+# 3. Registry auth and TLS through the module; the password is never shown
+# =====================================================================================
+
+
+def runner_output(tmp_path: pathlib.Path) -> str:
+    """Everything ansible-runner recorded of this test's plays: stdout, events, status."""
+    texts = []
+    for path in sorted(tmp_path.glob("runner-*/artifacts/**/*")):
+        if path.is_file():
+            texts.append(path.read_text(errors="replace"))
+    return "\n".join(texts)
+
+
+def test_registry_auth_and_tls(veth, bpf_objects, secure, plain, playbook, tmp_path):
+    obj = bpf_objects["xdp_pass"]
+    digest = publish(secure, "auth/xdp:1.0", obj, auth=AUTH)
+    http_digest = publish(plain, "auth/plain:1.0", obj)
+    url, http_url, ca = secure.url("auth/xdp:1.0"), plain.url("auth/plain:1.0"), secure.tls["ca"]
+    n = {k: "%s-%s" % (veth.name, k) for k in ("noauth", "wrongpw", "noca", "ca", "nocheck",
+                                               "http", "https")}
+    tasks = [
+        failing(xdp("no auth", n["noauth"], veth, 10, url, ca_path=ca)),
+        failing(xdp("wrong password", n["wrongpw"], veth, 20, url, ca_path=ca,
+                    registry_auth={"username": USER, "password": WRONG_PASSWORD})),
+        failing(xdp("no ca", n["noca"], veth, 30, url, registry_auth=AUTH)),
+        failing(xdp("plain without insecure", n["https"], veth, 40, http_url)),
+        xdp("with ca", n["ca"], veth, 100, url, ca_path=ca, registry_auth=AUTH),
+        xdp("no cert check", n["nocheck"], veth, 200, url, validate_certs=False,
+            registry_auth=AUTH, pull_policy="Always"),
+        xdp("plain insecure", n["http"], veth, 50, http_url, insecure_registry=True),
+    ]
+    results = playbook(tasks, expect_failure=True)
+
+    assert_clean_failure(results["no auth"], "requires authentication", "set registry_auth")
+    assert_clean_failure(results["wrong password"], "refused the credentials in registry_auth",
+                         "user '%s'" % USER, "wrong username or password")
+    assert_clean_failure(results["no ca"], "TLS verification of registry %s failed" % secure.host,
+                         "ca_path", "validate_certs: false")
+    assert_clean_failure(results["plain without insecure"], "does not answer TLS",
+                         "insecure_registry: true")
+    for task, expected in (("with ca", digest), ("no cert check", digest),
+                           ("plain insecure", http_digest)):
+        res = results[task]
+        assert not res["_failed"], (task, res.get("msg"))
+        assert res["changed"] is True and res["program"]["image_digest"] == expected, task
+    assert results["no cert check"]["program"]["pull_policy"] == "Always"
+    # Nothing of the failed tasks reached the host.
+    state = mine(veth)["programs"]
+    assert sorted(state) == sorted([n["ca"], n["nocheck"], n["http"]])
+    assert test_run(hx.dispatcher_id(veth.name)) == hx.XDP_PASS
+
+    # no_log: neither password appears anywhere in what the plays printed or recorded.
+    output = runner_output(tmp_path)
+    assert "wrong password" in output and "registry_auth" in output  # the search covers the run
+    assert PASSWORD not in output, "the registry password leaked into the play output"
+    assert WRONG_PASSWORD not in output, "the wrong password leaked into the play output"
+    dumped = json.dumps(results)
+    assert PASSWORD not in dumped and WRONG_PASSWORD not in dumped
+
+
+# =====================================================================================
+# 4. Signatures
+# =====================================================================================
+
+
+def test_signature_verification(veth, bpf_objects, plain, playbook):
+    good_private, good_public = h.new_signing_key()
+    other_private, _other_public = h.new_signing_key()
+    obj = bpf_objects["xdp_pass"]
+    signed = publish(plain, "sig/signed:1.0", obj)
+    h.sign(h.client(plain, "sig/signed"), signed, good_private)
+    unsigned_url = plain.url("sig/unsigned:1.0")
+    unsigned = publish(plain, "sig/unsigned:1.0", obj)
+    other_url = plain.url("sig/otherkey:1.0")
+    other = publish(plain, "sig/otherkey:1.0", obj)
+    h.sign(h.client(plain, "sig/otherkey"), other, other_private)
+    verify = dict(verify="required", verify_key=good_public, insecure_registry=True)
+
+    before = mine(veth)
+    results = playbook([
+        failing(xdp("unsigned", veth.name + "-unsigned", veth, 100, unsigned_url, **verify)),
+        failing(xdp("wrong key", veth.name + "-wrongkey", veth, 100, other_url, **verify)),
+    ], expect_failure=True)
+    assert_clean_failure(results["unsigned"], "is not signed", "verify is required",
+                         "refusing to load it", unsigned)
+    assert_clean_failure(results["wrong key"], "none valid for verify_key",
+                         "the signature does not verify with verify_key", "refusing to load it")
+    assert mine(veth) == before and hx.attached_xdp(veth.name) == []
+    cached = cached_refs(plain)
+    assert unsigned_url not in cached and other_url not in cached
+
+    res = playbook([xdp("signed", veth.name + "-signed", veth, 100, plain.url("sig/signed:1.0"),
+                        **verify)])["signed"]
+    assert res["changed"] is True and res["program"]["image_verified"] is True
+    assert res["program"]["image_digest"] == signed
+    assert test_run(hx.dispatcher_id(veth.name)) == hx.XDP_PASS
+
+
+# =====================================================================================
+# 5. Bytecode of the wrong type, a function the image does not hold; TC from an image
+# =====================================================================================
+
+
+def test_wrong_program_type_and_unknown_function(veth, bpf_objects, plain, playbook):
+    tc_digest = publish(plain, "types/tc_pass:1.0", bpf_objects["tc_pass"])
+    publish(plain, "types/tc_pass_v1:1.0", bpf_objects["tc_pass"], label_format="v1")
+    publish(plain, "types/xdp_pass:1.0", bpf_objects["xdp_pass"])
+    tc_url, tc_v1_url = plain.url("types/tc_pass:1.0"), plain.url("types/tc_pass_v1:1.0")
+    http = dict(insecure_registry=True)
+    tc_name = veth.name + "-tc"
+    results = playbook([
+        failing(xdp("tc image", veth.name + "-a", veth, 100, tc_url, **http)),
+        failing(xdp("tc image v1", veth.name + "-b", veth, 100, tc_v1_url, **http)),
+        failing(xdp("tc function", veth.name + "-c", veth, 100, tc_url, bpf_function_name="tc_pass",
+                    **http)),
+        failing(xdp("unknown function", veth.name + "-d", veth, 100, plain.url("types/xdp_pass:1.0"),
+                    bpf_function_name="no_such_function", **http)),
+        {"name": "tc module", TC: {"name": tc_name, "image": tc_url, "interface": veth.name,
+                                   "direction": "ingress", "priority": 100, **http}},
+    ], expect_failure=True)
+    assert_clean_failure(results["tc image"], "holds no xdp program", "tc_pass (tc)")
+    assert_clean_failure(results["tc image v1"], "holds a tc program, not xdp")
+    assert_clean_failure(results["tc function"], "program 'tc_pass'", "is of type tc, not xdp")
+    assert_clean_failure(results["unknown function"], "has no program 'no_such_function'",
+                         "it has: pass (xdp)")
+    assert hx.attached_xdp(veth.name) == []
+    tc = results["tc module"]
+    assert not tc["_failed"], tc.get("msg")
+    prog = tc["program"]
+    assert tc["changed"] is True and prog["type"] == "tc" and prog["direction"] == "ingress"
+    assert prog["image_digest"] == tc_digest and prog["bpf_function_name"] == "tc_pass"
+    assert hx.bpftool_json("prog", "show", "id", str(prog["id"]))["type"] == "sched_cls"
+    assert sorted(mine(veth)["programs"]) == [tc_name]
+
+
+# =====================================================================================
+# 6. Check mode with an uncached image
+# =====================================================================================
+
+
+def _spilled(digest: str) -> list:
+    """Leftover check-mode downloads of this image in temp dirs."""
+    hexdigest = digest.split(":")[1]
+    return [str(p) for p in pathlib.Path(tempfile.gettempdir()).glob("bpfd-image-*/**/%s" % hexdigest)]
+
+
+def test_check_mode_with_uncached_image(veth, bpf_objects, plain, playbook):
+    url = plain.url("check/xdp:1.0")
+    digest = publish(plain, "check/xdp:1.0", bpf_objects["xdp_pass"])
+    name = veth.name + "-chk"
+    before = mine(veth)
+    res = playbook([xdp("check", name, veth, 100, url, insecure_registry=True)],
+                   check=True, diff=True)["check"]
+    assert res["changed"] is True and res["changes"] == ["loaded"]
+    prog = res["program"]
+    assert prog["id"] is None and prog["position"] == 0
+    assert (prog["image_url"], prog["image_digest"], prog["bpf_function_name"]) == (url, digest, "pass")
+    assert res["diff"]["before"] == ""
+    assert "0: %s priority=100 proceed_on=pass,dispatcher_return image=%s" % (name, digest) \
+        in res["diff"]["after"]
+    # Nothing in the host cache, no temp download left, no kernel object, no state.
+    assert url not in cached_refs(plain)
+    assert own_blobs(digest) == []
+    assert _spilled(digest) == []
+    assert mine(veth) == before and hx.attached_xdp(veth.name) == []
