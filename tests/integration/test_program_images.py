@@ -438,7 +438,7 @@ def test_wrong_program_type_and_unknown_function(veth, bpf_objects, plain, playb
                                    "direction": "ingress", "priority": 100, **http}},
     ], expect_failure=True)
     assert_clean_failure(results["tc image"], "holds no xdp program", "tc_pass (tc)")
-    assert_clean_failure(results["tc image v1"], "holds a tc program, not xdp")
+    assert_clean_failure(results["tc image v1"], "holds no xdp program", "tc_pass (tc)")
     assert_clean_failure(results["tc function"], "program 'tc_pass'", "is of type tc, not xdp")
     assert_clean_failure(results["unknown function"], "has no program 'no_such_function'",
                          "it has: pass (xdp)")

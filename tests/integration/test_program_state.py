@@ -610,3 +610,106 @@ def test_netns_program_on_the_peer_and_a_vanished_namespace(veth, bpf_objects, p
     assert results["info"]["programs"] == []
     no_trace_of([name], {again["id"], again["dispatcher_id"]}, [hook_key], own_layout)
     assert hx.wait_gone(lambda i: any(lk["id"] == i for lk in ht.bpftool_links()), link_id)
+
+
+# =====================================================================================
+# 6. An object without BTF chains with BTF programs
+# =====================================================================================
+
+
+def test_program_without_btf_chains_with_btf_programs(veth, bpf_objects):
+    hx.pin_neighbour(veth)
+    present(veth, "count1", bpf_objects["xdp_count_pass"], 10)
+    nobtf = present(veth, "nobtf", bpf_objects["xdp_pass_nobtf"], 20)["program"]
+    last = present(veth, "count2", bpf_objects["xdp_count_pass"], 30)
+    assert [p["name"][len(veth.name) + 1:] for p in last["chain"]] == ["count1", "nobtf", "count2"]
+    assert nobtf["btf_id"] == 0 and "btf_id" not in hx.bpftool_json("prog", "show", "id", str(nobtf["id"]))
+    assert all(p["btf_id"] > 0 for p in last["chain"] if p["id"] != nobtf["id"])
+    pins = [os.path.join(LAYOUT.map_dir("%s-%s" % (veth.name, c)), "hits") for c in ("count1", "count2")]
+    assert hx.ping(veth.name, veth.peer_ip, count=3), "a chain with a BTF-less member stopped traffic"
+    hx.quiet(veth)
+    start = [hits_pinned(p) for p in pins]
+    assert verdict(veth, repeat=6) == hx.XDP_PASS
+    # The member behind the BTF-less one ran every time: the BTF-less one passed.
+    assert [hits_pinned(p) - s for p, s in zip(pins, start)] == [6, 6]
+
+
+# =====================================================================================
+# 7. Names that could escape our directories; a name taken by another program type
+# =====================================================================================
+
+
+def test_bad_names_fail_cleanly_and_change_nothing(veth, bpf_objects, playbook):
+    obj = bpf_objects["xdp_pass"]
+    tc_name, xdp_name = veth.name + "-tcname", veth.name + "-xdpname"
+    manager().present(ProgramSpec(name=tc_name, kind="tc", path=bpf_objects["tc_pass"], interface=veth.name,
+                                  priority=10, direction="ingress"))
+    present(veth, "xdpname", obj, 10)
+    base = {"path": obj, "interface": veth.name, "priority": 100}
+    bad_names = {"dot dot": "../x", "dot dot prefix": "../" + veth.name, "slash": "a/b", "empty": "",
+                 "64 characters": veth.name + "-" + "x" * (63 - len(veth.name)),
+                 "newline": veth.name + "-a\nb", "escape": veth.name + "-\x1b[31m", "nul": veth.name + "-\x00x",
+                 "dot": ".", "space": veth.name + " x", "leading dash": "-" + veth.name}
+    assert len(bad_names["64 characters"]) == 64
+    tasks = [task(t, XDP, dict(base, name=n)) for t, n in bad_names.items()]
+    tasks += [task("chain ../x", XDP_CHAIN, {"interface": veth.name,
+                                             "programs": [{"name": "../x", "path": obj, "priority": 1}]}),
+              task("tc name to xdp", XDP, dict(base, name=tc_name)),
+              task("tc name in xdp chain", XDP_CHAIN, {"interface": veth.name,
+                                                       "programs": [{"name": tc_name, "path": obj, "priority": 1}]}),
+              task("xdp name to tc", TC, {"name": xdp_name, "path": bpf_objects["tc_pass"], "interface": veth.name,
+                                          "priority": 100, "direction": "ingress"})]
+    boundary = veth.name + "-" + "y" * (62 - len(veth.name))  # 63 characters: the longest valid name
+    tasks.append(task("63 characters", XDP, dict(base, name=boundary), check_mode=True))
+    before = snapshot(veth)
+    results = playbook(tasks, expect_failure=True)
+    assert_same_snapshot(before, snapshot(veth), veth)
+    assert not results["63 characters"]["_failed"] and results["63 characters"]["changed"] is True
+    print("\nname errors:")
+    for t in list(bad_names) + ["chain ../x"]:
+        print("  %s: %s" % (t, results[t].get("msg")))
+        assert_clean_failure(results[t], "is not valid", "1-63 letters, digits")
+    for t, phrase in (("tc name to xdp", "a tc program named %s already exists" % tc_name),
+                      ("tc name in xdp chain", "a tc program named %s already exists" % tc_name),
+                      ("xdp name to tc", "an xdp program named %s already exists" % xdp_name)):
+        print("  %s: %s" % (t, results[t].get("msg")))
+        assert_clean_failure(results[t], phrase)
+    assert not any(p.startswith("/sys/fs/bpf/x") or "/../" in p for p in snapshot(veth)["pins"])
+
+
+# =====================================================================================
+# 8. Host-side cost of an in-place update vs a fresh load (reported, not asserted)
+# =====================================================================================
+
+TIMING_ROUNDS = 10
+
+
+def test_time_in_place_update_vs_fresh_load(veth, bpf_objects, record_property):
+    obj = bpf_objects["xdp_rodata_verdict"]
+    mgr = manager()
+
+    def spec(name: str, value: str) -> ProgramSpec:
+        return ProgramSpec(name=name, kind="xdp", path=obj, interface=veth.name, priority=100,
+                           global_data={"verdict_value": value})
+
+    fresh, update = [], []
+    name = veth.name + "-timed"
+    for _ in range(TIMING_ROUNDS):  # load on an empty interface (link created), then unload (not timed)
+        started = time.perf_counter()
+        result = mgr.present(spec(name, PASS_HEX))
+        fresh.append(time.perf_counter() - started)
+        assert result["changes"] == ["loaded"]
+        mgr.absent(name=name)
+    mgr.present(spec(name, PASS_HEX))
+    for i in range(TIMING_ROUNDS):  # reload with other global data + swap on the same link
+        started = time.perf_counter()
+        result = mgr.present(spec(name, DROP_HEX if i % 2 == 0 else PASS_HEX))
+        update.append(time.perf_counter() - started)
+        assert result["changes"] == ["global_data"]
+    fresh_ms, update_ms = statistics.median(fresh) * 1e3, statistics.median(update) * 1e3
+    record_property("fresh_load_median_ms", round(fresh_ms, 2))
+    record_property("in_place_update_median_ms", round(update_ms, 2))
+    print("\nhost side, Manager, median of %d: fresh load %.1f ms (min %.1f, max %.1f); in-place update "
+          "(global_data, reload + swap) %.1f ms (min %.1f, max %.1f)"
+          % (TIMING_ROUNDS, fresh_ms, min(fresh) * 1e3, max(fresh) * 1e3,
+             update_ms, min(update) * 1e3, max(update) * 1e3))
