@@ -37,6 +37,24 @@ attributes:
     support: full
 """
 
+    # Modules that change programs without a dispatcher (tracepoint, kprobe, uprobe, fentry, fexit).
+    TRACE_PROGRAM = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+    details: The change is predicted without loading anything; no kernel object or file is touched.
+  diff_mode:
+    support: full
+    details: The diff shows where the program attaches and what it runs, before and after.
+  platform:
+    support: full
+    platforms: Linux
+  idempotent:
+    description: A second run with the same arguments reports no change and touches no kernel object.
+    support: full
+"""
+
     # Read-only modules.
     INFO_MODULE = r"""
 options: {}

@@ -61,6 +61,9 @@ def global_variables(path: str) -> dict[str, GlobalVariable]:
 
 
 def parse_hex(name: str, value: str) -> bytes:
+    if not isinstance(value, str):
+        raise BpfdError("global_data %s: give the value as a quoted hex string (e.g. \"01000000\"); "
+                        "unquoted, YAML read %r as a number" % (name, value))
     text = str(value).strip().lower()
     text = text[2:] if text.startswith("0x") else text
     text = text.replace(" ", "").replace(":", "")

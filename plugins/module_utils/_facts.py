@@ -74,6 +74,10 @@ def program_facts(record: dict, position: int | None, hook: dict | None, kernel:
         "link_id": (hook or {}).get("link_id"),
         "id": record.get("prog_id"),
     }
+    if record.get("attach") is not None:
+        # Tracing kinds: no dispatcher; their own link and attach point.
+        facts["link_id"] = record.get("link_id")
+        facts.update(record["attach"])
     if kernel and record.get("prog_pin"):
         facts.update(_kernel_facts_of_pin(record["prog_pin"]))
     return facts
@@ -93,6 +97,11 @@ def matches(facts: dict, *, name: str | None, prog_id: int | None, kind: str | N
     return all(facts["metadata"].get(k) == v for k, v in (metadata or {}).items())
 
 
+# Module type names -> the kernel's program type (uprobes are kprobe programs, fentry/fexit
+# tracing ones): what an unmanaged program can be matched on.
+KERNEL_TYPES = {"tc": "sched_cls", "uprobe": "kprobe", "fentry": "tracing", "fexit": "tracing"}
+
+
 def unmanaged_programs(store, *, prog_id: int | None, kind: str | None, filtered: bool) -> list:
     """Kernel programs bpfd.core does not manage (Kernel State only)."""
     if filtered:
@@ -108,7 +117,7 @@ def unmanaged_programs(store, *, prog_id: int | None, kind: str | None, filtered
                 facts = kernel_facts(fd)
         except BpfdError:
             continue  # unloaded meanwhile
-        if kind is not None and facts["prog_type"] != kind:
+        if kind is not None and facts["prog_type"] != KERNEL_TYPES.get(kind, kind):
             continue
         facts["managed"] = False
         facts["owner"] = "bpfd.core dispatcher" if kernel_id in dispatchers else None
@@ -125,7 +134,9 @@ def chain_view(hook: dict | None, members: list) -> dict:
         "dispatcher_id": hook.get("dispatcher_id"),
         "programs": [{"position": i, "name": m["name"], "priority": m["priority"],
                       "proceed_on": m["proceed_on"], "id": m.get("prog_id"),
-                      "digest": (m.get("image") or {}).get("digest")}
+                      "digest": (m.get("image") or {}).get("digest"),
+                      "sha256": m.get("sha256"), "bpf_function_name": m.get("bpf_function_name"),
+                      "global_data": m.get("global_data") or {}}
                      for i, m in enumerate(members)],
     }
 
@@ -140,5 +151,54 @@ def diff_text(chains: dict) -> str:
         for prog in chain["programs"]:
             lines.append("  %d: %s priority=%d proceed_on=%s%s" % (
                 prog["position"], prog["name"], prog["priority"], ",".join(prog["proceed_on"]),
-                " image=%s" % prog["digest"] if prog.get("digest") else ""))
+                _bytecode_text(prog)))
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def attach_text(kind: str, attach: dict | None) -> str:
+    """Where a tracing program attaches, as one phrase (bpfctl's spelling of the options)."""
+    attach = attach or {}
+    if kind == "tracepoint":
+        return "tracepoint %s" % attach.get("tracepoint")
+    if kind in ("fentry", "fexit"):
+        return "%s %s" % (kind, attach.get("function"))
+    where = attach.get("function") or ""
+    if attach.get("offset"):
+        where += "+%d" % attach["offset"]
+    probe = kind.replace("probe", "retprobe") if attach.get("retprobe") else kind
+    if kind == "uprobe":
+        where = "%s:%s" % (attach.get("target"), where)
+        if attach.get("pid"):
+            where += " pid %d" % attach["pid"]
+    return "%s %s" % (probe, where)
+
+
+def program_diff_text(facts: dict | None) -> str:
+    """A program without a dispatcher, for Ansible's --diff: where it attaches and what it runs."""
+    if not facts:
+        return ""
+    lines = ["%s (%s):" % (facts["name"], attach_text(facts["type"], {
+        k: facts.get(k) for k in ("tracepoint", "function", "offset", "retprobe", "target", "pid")}))]
+    lines.append("  bpf_function_name=%s sha256=%s" % (facts.get("bpf_function_name"), facts.get("sha256")))
+    if facts.get("image_digest"):
+        lines.append("  image=%s" % facts["image_digest"])
+    for key in ("global_data", "metadata"):
+        if facts.get(key):
+            lines.append("  %s: %s" % (key, ", ".join("%s=%s" % kv for kv in sorted(facts[key].items()))))
+    if facts.get("map_owner"):
+        lines.append("  map_owner=%s" % facts["map_owner"])
+    return "\n".join(lines) + "\n"
+
+
+def _bytecode_text(prog: dict) -> str:
+    """What the program runs, so a reload shows in the diff."""
+    parts = []
+    if prog.get("digest"):
+        parts.append("image=%s" % prog["digest"])
+    elif prog.get("sha256"):
+        parts.append("sha256=%s" % prog["sha256"][:12])
+    if prog.get("bpf_function_name"):
+        parts.append("function=%s" % prog["bpf_function_name"])
+    for name, value in sorted((prog.get("global_data") or {}).items()):
+        parts.append("%s=%s" % (name, value))
+    return "".join(" " + part for part in parts)

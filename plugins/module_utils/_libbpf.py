@@ -825,3 +825,222 @@ def btf_data(fd: int) -> bytes:
     _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(again), ctypes.byref(size)),
            "reading BTF data")
     return buf.raw[:again.btf_size]
+
+
+# --- tracing attach points: tracepoints, k(ret)probes, u(ret)probes, fentry/fexit ---
+
+# enum bpf_attach_type
+ATTACH_TRACE_FENTRY = 24
+ATTACH_TRACE_FEXIT = 25
+
+# enum bpf_link_type
+LINK_TYPE_TRACING = 2
+LINK_TYPE_PERF_EVENT = 7
+
+BTF_KIND_FUNC = 12
+
+
+class _KprobeOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("bpf_cookie", ctypes.c_uint64),
+        ("offset", ctypes.c_size_t),
+        ("retprobe", ctypes.c_bool),
+    ]
+
+
+class _UprobeOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ref_ctr_offset", ctypes.c_size_t),
+        ("bpf_cookie", ctypes.c_uint64),
+        ("retprobe", ctypes.c_bool),
+        ("func_name", ctypes.c_char_p),
+    ]
+
+
+_TRACE_SIGNATURES = {
+    "bpf_program__attach_tracepoint": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]),
+    "bpf_program__attach_kprobe_opts": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p,
+                                                          ctypes.POINTER(_KprobeOpts)]),
+    "bpf_program__attach_uprobe_opts": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
+                                                          ctypes.c_size_t, ctypes.POINTER(_UprobeOpts)]),
+    "bpf_program__attach_trace": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "bpf_link__pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "bpf_link__fd": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_link__disconnect": (None, [ctypes.c_void_p]),
+    "bpf_link__destroy": (ctypes.c_int, [ctypes.c_void_p]),
+    "btf__load_vmlinux_btf": (ctypes.c_void_p, []),
+    "btf__parse_split": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_void_p]),
+    "btf__find_by_name_kind": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
+    "btf__free": (None, [ctypes.c_void_p]),
+}
+_trace_declared: list = []
+
+
+def _trace_lib() -> ctypes.CDLL:
+    """lib(), with the signatures of the calls below declared once."""
+    loaded = lib()
+    with _lock:
+        if not _trace_declared:
+            for name, (restype, argtypes) in _TRACE_SIGNATURES.items():
+                fn = getattr(loaded, name)
+                fn.restype = restype
+                fn.argtypes = argtypes
+            _trace_declared.append(True)
+    return loaded
+
+
+class Link:
+    """A libbpf ``struct bpf_link *``: pin it, then `release` the handle (the pin
+    keeps the kernel link); `destroy` detaches instead.
+
+    A disconnected libbpf link keeps its fds open (libbpf closes them only when it
+    detaches), so `release` closes them itself: the link fd, and for perf_event links
+    the perf event fd libbpf opened for it (found as the perf_event fds the attach call
+    created; libbpf has no API that returns it).
+    """
+
+    def __init__(self, handle: int, perf_fds: tuple = ()) -> None:
+        self._h = handle
+        self._perf_fds = perf_fds
+
+    @property
+    def fd(self) -> int:
+        return _trace_lib().bpf_link__fd(self._h)
+
+    def pin(self, path: str) -> None:
+        _check(_trace_lib().bpf_link__pin(self._h, path.encode()), "pinning the link at %s" % path)
+
+    def release(self) -> None:
+        """Free the userspace handle and its fd without detaching."""
+        if self._h:
+            lb = _trace_lib()
+            fd = lb.bpf_link__fd(self._h)
+            lb.bpf_link__disconnect(self._h)
+            lb.bpf_link__destroy(self._h)
+            self._h = 0
+            for each in {fd, *self._perf_fds}:
+                close_fd(each)
+
+    def destroy(self) -> None:
+        """Detach (unless pinned elsewhere) and free."""
+        if self._h:
+            _trace_lib().bpf_link__destroy(self._h)
+            self._h = 0
+
+
+def _open_fds() -> set:
+    """This process's open fds (not the one listing them: it is closed when checked)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.readlink("/proc/self/fd/" + name)
+            found.add(int(name))
+    return found
+
+
+def _is_perf_event(fd: int) -> bool:
+    try:
+        return os.readlink("/proc/self/fd/%d" % fd) == "anon_inode:[perf_event]"
+    except OSError:
+        return False
+
+
+def _attached(fn_name: str, what: str, *args) -> Link:
+    before = _open_fds()
+    with captured_messages() as messages:
+        ptr = getattr(_trace_lib(), fn_name)(*args)
+    handle = _check_ptr(ptr, what, "\n".join(messages))
+    return Link(handle, tuple(fd for fd in sorted(_open_fds() - before) if _is_perf_event(fd)))
+
+
+def attach_tracepoint(program: Program, category: str, name: str) -> Link:
+    return _attached("bpf_program__attach_tracepoint", "attaching to tracepoint %s/%s" % (category, name),
+                     program._h, category.encode(), name.encode())
+
+
+def attach_kprobe(program: Program, function: str, offset: int = 0, retprobe: bool = False) -> Link:
+    opts = _KprobeOpts(sz=ctypes.sizeof(_KprobeOpts), offset=offset, retprobe=retprobe)
+    return _attached("bpf_program__attach_kprobe_opts",
+                     "attaching a %s to %s+%d" % ("kretprobe" if retprobe else "kprobe", function, offset),
+                     program._h, function.encode(), ctypes.byref(opts))
+
+
+def attach_uprobe(program: Program, binary: str, function: str | None, offset: int = 0,
+                  pid: int = -1, retprobe: bool = False) -> Link:
+    """pid -1: every process (libbpf reads 0 as the calling process)."""
+    opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=retprobe,
+                       func_name=function.encode() if function else None)
+    where = "%s:%s+%d" % (binary, function or "", offset)
+    return _attached("bpf_program__attach_uprobe_opts",
+                     "attaching a %s to %s" % ("uretprobe" if retprobe else "uprobe", where),
+                     program._h, pid, binary.encode(), offset, ctypes.byref(opts))
+
+
+def attach_trace(program: Program) -> Link:
+    """fentry/fexit: the target was fixed at load (section name or attach target)."""
+    return _attached("bpf_program__attach_trace", "attaching %s (%s)" % (program.name, program.section),
+                     program._h)
+
+
+def btf_function_exists(name: str) -> bool | None:
+    """Whether vmlinux or a module's BTF has a FUNC `name`; None: no kernel BTF."""
+    lb = _trace_lib()
+    vmlinux = lb.btf__load_vmlinux_btf()
+    if not vmlinux:
+        return None
+    try:
+        if lb.btf__find_by_name_kind(vmlinux, name.encode(), BTF_KIND_FUNC) > 0:
+            return True
+        base = "/sys/kernel/btf"
+        for module in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            if module == "vmlinux":
+                continue
+            split = lb.btf__parse_split(os.path.join(base, module).encode(), vmlinux)
+            if not split:
+                continue
+            try:
+                if lb.btf__find_by_name_kind(split, name.encode(), BTF_KIND_FUNC) > 0:
+                    return True
+            finally:
+                lb.btf__free(split)
+        return False
+    finally:
+        lb.btf__free(vmlinux)
+
+
+def vmlinux_function_btf_id(name: str) -> int | None:
+    lb = _trace_lib()
+    vmlinux = lb.btf__load_vmlinux_btf()
+    if not vmlinux:
+        return None
+    try:
+        found = lb.btf__find_by_name_kind(vmlinux, name.encode(), BTF_KIND_FUNC)
+        return found if found > 0 else None
+    finally:
+        lb.btf__free(vmlinux)
+
+
+# r0 = 0; exit
+_RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
+
+
+def probe_tracing_load(attach_type: int, attach_btf_id: int) -> tuple[int, str]:
+    """Load (and close) a do-nothing tracing program on a kernel function:
+    (0 or the errno, verifier log)."""
+    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    log = ctypes.create_string_buffer(1 << 16)
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type,
+                         attach_btf_id=attach_btf_id, log_level=1, log_size=len(log),
+                         log_buf=ctypes.cast(log, ctypes.c_char_p))
+    fd = lib().bpf_prog_load(PROG_TYPE_TRACING, b"bpfd_probe", b"GPL", insns,
+                             len(_RETURN_ZERO) // INSN_SIZE, ctypes.byref(opts))
+    if fd >= 0:
+        close_fd(fd)
+        return 0, ""
+    return -fd, log.value.decode("utf-8", "replace")

@@ -122,6 +122,10 @@ def reuse_maps(obj: libbpf.BpfObject, pins: dict, strict: bool) -> list:
     it is replaced by a new, empty map and the returned notes say so.
     """
     notes = []
+    if strict and pins and not {m.name for m in obj.maps() if not m.is_internal} & set(pins):
+        raise BpfdError("%s shares no map with its map_owner: the owner pins %s, the object has %s"
+                        % (obj.path, ", ".join(sorted(pins)),
+                           ", ".join(sorted(m.name for m in obj.maps() if not m.is_internal)) or "no maps"))
     for bpf_map in obj.maps():
         pin = pins.get(bpf_map.name)
         if bpf_map.is_internal or pin is None or not os.path.exists(pin):
@@ -132,12 +136,17 @@ def reuse_maps(obj: libbpf.BpfObject, pins: dict, strict: bool) -> list:
             if all(have[key] == want[key] for key in want):
                 bpf_map.reuse_fd(fd)
                 continue
-        differ = ", ".join("%s %s -> %s" % (k, have[k], want[k]) for k in want if have[k] != want[k])
+        differ = ", ".join("%s %s -> %s" % (k, _readable(k, have[k]), _readable(k, want[k]))
+                           for k in want if have[k] != want[k])
         if strict:
             raise BpfdError("map %s of %s cannot share the existing map at %s: %s"
                             % (bpf_map.name, obj.path, pin, differ))
         notes.append("map %s changed its definition (%s); a new, empty map replaces it" % (bpf_map.name, differ))
     return notes
+
+
+def _readable(field: str, value: int) -> str:
+    return libbpf.MAP_TYPE_NAMES.get(value, str(value)) if field == "type" else str(value)
 
 
 def load_program(path: str, *, function: str | None, prog_types: Iterable[int], kind: str,

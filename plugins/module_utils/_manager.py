@@ -160,20 +160,24 @@ class Manager:
             for spec, proceed_on, sha256, ifindex, key in plans:
                 old = store.programs.get(spec.name)
                 if old is not None and old["kind"] != spec.kind:
-                    raise BpfdError("a %s program named %s already exists; names are unique per host"
-                                    % (old["kind"], spec.name))
+                    raise BpfdError("%s %s program named %s already exists; names are unique per host"
+                                    % ("an" if old["kind"][0] in "aeiox" else "a", old["kind"], spec.name))
                 self._check_map_owner(store, spec)
                 new = self._record(spec, proceed_on, sha256, ifindex, key, old)
                 reload = old is None or old["sha256"] != sha256 or old.get("attach") != new.get("attach") or (
                     spec.function is not None and spec.function != old["bpf_function_name"]) or (
                     old.get("global_data", {}) != new["global_data"]) or old.get("map_owner") != spec.map_owner
                 programs[spec.name] = new
-                affected += [k for k in (key, old and old["hook"]) if k and k not in affected]
+                for hook in (key, old and old["hook"]):
+                    if hook and hook not in affected:
+                        affected.append(hook)
                 spec_changes = self._changes(old, new, reload)
                 if spec_changes:
                     steps.append((spec, new, old, reload))
                     changes[spec.name] = spec_changes
-            removed = {n: r for n, r in store.programs.items() if r["hook"] == exclusive_key and n not in names}
+            # exclusive_key None is no hook at all: programs without a dispatcher also have hook None.
+            removed = {n: r for n, r in store.programs.items()
+                       if exclusive_key is not None and r["hook"] == exclusive_key and n not in names}
             for name in removed:
                 del programs[name]
             modes = {key: self._hook_mode(store, key, [p[0] for p in plans if p[4] == key], programs)
@@ -313,11 +317,16 @@ class Manager:
         if old is None:
             return ["loaded"]
         changes = []
-        if reload:
-            changes.append("global_data" if old["sha256"] == new["sha256"] and old.get(
-                "global_data", {}) != new["global_data"] else "bytecode")
+        if old["sha256"] != new["sha256"]:
+            changes.append("bytecode")
+        if new.get("bpf_function_name") != old.get("bpf_function_name"):
+            changes.append("bpf_function_name")
+        if old.get("global_data", {}) != new["global_data"]:
+            changes.append("global_data")
         if old.get("attach") != new.get("attach"):
             changes.append("attach")
+        if _image_identity(old) != _image_identity(new):
+            changes.append("image")
         for key in ("interface", "direction", "netns", "priority", "proceed_on", "metadata", "path",
                     "requested_mode", "map_owner"):
             if old.get(key) != new.get(key) and not (key == "interface" and old["hook"] == new["hook"]):
@@ -545,7 +554,9 @@ class Manager:
     def _attach(self, store: StateStore, key: str, first: dict, disp_fd: int, mode: str | None,
                 undo: _Undo) -> dict:
         hook = {"kind": first["kind"], "ifindex": first["ifindex"], "interface": first["interface"],
-                "direction": first.get("direction"), "netns": first.get("netns"), "mode": mode, "revision": 0}
+                "direction": first.get("direction"), "netns": first.get("netns"), "mode": mode, "revision": 0,
+                # the caller has entered the hook's namespace
+                "netns_cookie": _netlink.current_netns_cookie() if first.get("netns") else None}
         attachment = self._attachment(key, hook)
         foreign = attachment.foreign(hook)
         if foreign:
@@ -591,7 +602,9 @@ class Manager:
             remove_pin_tree(self.layout.map_dir(name))
         owner = record.get("map_owner")
         if owner in retained and not any(r.get("map_owner") == owner for r in store.programs.values()):
-            remove_pin_tree(retained.pop(owner))
+            path = retained.pop(owner)
+            if owner not in store.programs:  # a new program of that name owns the directory now
+                remove_pin_tree(path)
         store.save()
 
     def maps_used_by(self, store: StateStore, record: dict) -> list:
@@ -619,12 +632,14 @@ class Manager:
         for key, hook in list(store.hooks.items()):
             netns = hook.get("netns")
             current = None
-            if _netlink.netns_exists(netns):
+            same_netns = _netlink.netns_exists(netns) and (
+                not hook.get("netns_cookie") or _netlink.netns_cookie(netns) == hook["netns_cookie"])
+            if same_netns:
                 with _netlink.in_netns(netns):
                     current = _netlink.interface_name(hook["ifindex"])
             if current is None:
                 members = [n for n in hook["members"] if n in store.programs]
-                where = "network namespace %s" % netns if not _netlink.netns_exists(netns) else \
+                where = "network namespace %s" % netns if not same_netns else \
                     "interface %s (ifindex %d)" % (hook["interface"], hook["ifindex"])
                 notes.append("%s is gone; its programs were unloaded: %s" % (where, ", ".join(members) or "none"))
                 for member in members:
@@ -733,7 +748,14 @@ class Manager:
         return result
 
 
-def _normal_hex(value) -> str:
+def _image_identity(record: dict) -> tuple:
+    image = record.get("image") or {}
+    return tuple(image.get(k) for k in ("url", "digest", "pull_policy", "verified"))
+
+
+def _normal_hex(value):
+    if not isinstance(value, str):
+        return value  # refused with a hint by _elf.parse_hex
     text = str(value).strip().lower().replace(" ", "").replace(":", "")
     return text[2:] if text.startswith("0x") else text
 

@@ -98,6 +98,39 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
     run(module, operation)
 
 
+def traced_program(module: Any, kind: str, attach: dict) -> None:
+    """The whole body of a program module without a dispatcher (tracepoint, k/uprobe,
+    fentry/fexit): `attach` says where (see _attach_trace)."""
+    from ansible_collections.bpfd.core.plugins.module_utils import _facts
+    from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
+
+    params = module.params
+    manager = Manager()
+
+    def before() -> dict | None:
+        found = manager.list(name=params["name"], prog_id=params["id"])["programs"]
+        return found[0] if found and found[0]["type"] == kind else None
+
+    def operation() -> dict:
+        old = before() if module._diff else None
+        if params["state"] == "absent":
+            result = manager.absent(name=params["name"], prog_id=params["id"], check_mode=module.check_mode)
+            after = None
+        else:
+            with bytecode(module, kind) as (path, function, image):
+                spec = ProgramSpec(
+                    name=params["name"], kind=kind, path=path, interface=None, priority=None,
+                    function=function, metadata=metadata(params), global_data=params["global_data"],
+                    map_owner=params["map_owner"], image=image, attach=dict(attach))
+                result = manager.present(spec, check_mode=module.check_mode)
+            after = result.get("program")
+        result.pop("chain", None)  # no dispatcher, no chain
+        result["diff"] = {"before": _facts.program_diff_text(old), "after": _facts.program_diff_text(after)}
+        return result
+
+    run(module, operation)
+
+
 @contextlib.contextmanager
 def bytecode(module: Any, kind: str) -> Iterator[tuple]:
     """(host path, function name, image facts) from path, src or image."""
@@ -167,3 +200,11 @@ def chained_program_rules(**extra: Any) -> dict:
 
 def metadata(params: dict) -> dict:
     return {str(k): str(v) for k, v in (params.get("metadata") or {}).items()}
+
+
+def traced_program_rules(required: tuple) -> dict:
+    """mutually_exclusive / required_if for program modules without a dispatcher: `required`
+    are the attach options a present program needs."""
+    rules = dict(PROGRAM_ARG_RULES)
+    rules["required_if"] = rules["required_if"] + ([("state", "present", required)] if required else [])
+    return rules

@@ -9,6 +9,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import socket
+import struct
 from typing import Any, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
@@ -117,3 +119,24 @@ def netns_id(path: str | None) -> str | None:
 
 def netns_exists(path: str | None) -> bool:
     return not path or os.path.exists(path)
+
+
+SO_NETNS_COOKIE = 71
+
+
+def current_netns_cookie() -> int | None:
+    """The kernel's never-reused id of the calling thread's namespace (5.14+).
+
+    A path like /run/netns/NAME can be deleted and re-created; the cookie
+    tells the new namespace from the old one.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            return struct.unpack("<Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    except OSError:
+        return None
+
+
+def netns_cookie(path: str | None) -> int | None:
+    with in_netns(path):
+        return current_netns_cookie()

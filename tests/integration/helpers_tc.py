@@ -280,8 +280,12 @@ def snapshot(veth) -> dict:
     return snap
 
 
+def _differences(before: dict, after: dict) -> dict:
+    return {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+
+
 def assert_same(before: dict, after: dict) -> None:
-    assert after["mine"] == before["mine"]
+    assert after["mine"] == before["mine"], "changed (before, after): %r" % _differences(before["mine"], after["mine"])
     if not (before["busy"] or after["busy"]):
         strip = lambda s: {k: v for k, v in s.items() if k not in ("mine", "busy")}  # noqa: E731
-        assert strip(after) == strip(before)
+        assert strip(after) == strip(before), "changed (before, after): %r" % _differences(strip(before), strip(after))

@@ -24,7 +24,6 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 
 import pytest
@@ -114,6 +113,7 @@ def private_registry(workdir, registries):
 
 
 AUTH = {"username": USER, "password": PASSWORD}
+CONFIGS: dict = {}  # manifest digest -> config digest of every image publish() pushed
 
 
 def publish(registry, repo_tag: str, obj: str, *, label_format: str = "v2",
@@ -129,20 +129,16 @@ def publish(registry, repo_tag: str, obj: str, *, label_format: str = "v2",
     cl.push_blob(built["config"], manifest["config"]["mediaType"])
     cl.push_blob(built["layer"], manifest["layers"][0]["mediaType"])
     ref = _oci.parse_reference(registry.url(repo_tag))
-    return cl.push_manifest(built["manifest"], built["media_type"], ref.reference)
+    digest = cl.push_manifest(built["manifest"], built["media_type"], ref.reference)
+    CONFIGS[digest] = manifest["config"]["digest"]
+    return digest
 
 
 def own_blobs(digest: str) -> list:
-    """The cache paths of an image's manifest and config (unique to this run)."""
-    cl_manifest = None
-    path = CACHE_ROOT / "blobs" / "sha256" / digest.split(":")[1]
-    found = [str(path)] if path.exists() else []
-    if path.exists():
-        cl_manifest = json.loads(path.read_bytes())
-        config = CACHE_ROOT / "blobs" / "sha256" / cl_manifest["config"]["digest"].split(":")[1]
-        if config.exists():
-            found.append(str(config))
-    return found
+    """The host-cache paths of an image's manifest and config that exist (both are ours alone)."""
+    blobs = CACHE_ROOT / "blobs" / "sha256"
+    return [str(blobs / d.split(":")[1]) for d in (digest, CONFIGS[digest])
+            if (blobs / d.split(":")[1]).exists()]
 
 
 def cached_refs(registry) -> dict:
@@ -198,16 +194,31 @@ test_run.__test__ = False  # a helper, not a test
 # =====================================================================================
 
 
-def test_tutorial_with_images(veth, bpf_objects, plain, playbook):
+def task_durations(tmp_path: pathlib.Path) -> dict:
+    """{task name: seconds} of the successful tasks, from ansible-runner's job events."""
+    found = {}
+    for path in tmp_path.glob("runner-*/artifacts/*/job_events/*.json"):
+        event = json.loads(path.read_text())
+        if event.get("event") == "runner_on_ok":
+            found[event["event_data"]["task"]] = event["event_data"]["duration"]
+    return found
+
+
+def test_tutorial_with_images(veth, bpf_objects, plain, playbook, tmp_path):
     v2 = publish(plain, "tutorial/xdp_pass:latest", bpf_objects["xdp_pass"])
     v1 = publish(plain, "tutorial/xdp_pass_v1:latest", bpf_objects["xdp_pass"], label_format="v1")
     url_v2, url_v1 = plain.url("tutorial/xdp_pass:latest"), plain.url("tutorial/xdp_pass_v1:latest")
     name = {p: "%s-img%d" % (veth.name, p) for p in (100, 50, 200, 150)}
+    # bpfctl load-from-image --image-url ... xdp --priority 100, 50, 200, 150 (the last from an
+    # image with v1 labels); then, for the timings only, one more from the cached image and
+    # one from a file, each appended to the chain.
     tasks = [xdp("load %d" % p, name[p], veth, p, url_v1 if p == 150 else url_v2,
                  insecure_registry=True) for p in (100, 50, 200, 150)]
-    started = time.monotonic()
-    results = playbook(tasks + [{"name": "info", INFO: {"interface": veth.name}}])
-    elapsed = time.monotonic() - started
+    timing = [xdp("load from cached image", veth.name + "-cached", veth, 300, url_v2,
+                  insecure_registry=True),
+              {"name": "load from file", XDP: {"name": veth.name + "-file", "interface": veth.name,
+                                               "priority": 400, "path": bpf_objects["xdp_pass"]}}]
+    results = playbook(tasks + [{"name": "info", INFO: {"interface": veth.name}}] + timing)
 
     expected = {100: {100: 0}, 50: {50: 0, 100: 1}, 200: {50: 0, 100: 1, 200: 2},
                 150: {50: 0, 100: 1, 150: 2, 200: 3}}
@@ -220,22 +231,33 @@ def test_tutorial_with_images(veth, bpf_objects, plain, playbook):
         assert prog["position"] == expected[prio][prio]
         assert prog["image_url"] == (url_v1 if prio == 150 else url_v2)
         assert prog["image_digest"] == (v1 if prio == 150 else v2)
-        assert prog["pull_policy"] == "IfNotPresent"
+        assert prog["pull_policy"] == "IfNotPresent" and prog["image_verified"] is False
+        # bpf_function_name comes from the labels (the task names none)
         assert prog["bpf_function_name"] == "pass" and prog["kernel_name"] == "pass"
         assert prog["path"].startswith(str(CACHE_ROOT / "objects") + os.sep), prog["path"]
-        assert hx.bpftool_json("prog", "show", "id", str(prog["id"]))["type"] == "xdp"
+        with open(prog["path"], "rb") as cached, open(bpf_objects["xdp_pass"], "rb") as built:
+            assert cached.read() == built.read()
+        kernel = hx.bpftool_json("prog", "show", "id", str(prog["id"]))
+        assert kernel["type"] == "xdp" and kernel["tag"] == prog["tag"]
         links.add(prog["link_id"])
     assert len(links) == 1  # every step after the first was a swap on the same bpf_link
     listed = sorted(results["info"]["programs"], key=lambda p: p["position"])
-    assert [(p["priority"], p["image_digest"]) for p in listed] == [
-        (50, v2), (100, v2), (150, v1), (200, v2)]
-    # The kernel runs the chain: one dispatcher attached, four members, XDP_PASS.
+    assert [(p["priority"], p["position"], p["image_url"], p["image_digest"]) for p in listed] == [
+        (50, 0, url_v2, v2), (100, 1, url_v2, v2), (150, 2, url_v1, v1), (200, 3, url_v2, v2)]
+    assert cached_refs(plain)[url_v2]["digest"] == v2 and cached_refs(plain)[url_v1]["digest"] == v1
+    assert len(own_blobs(v2)) == len(own_blobs(v1)) == 2  # manifest and config, in the host cache
+    # The kernel runs the chain: one dispatcher attached by our link, XDP_PASS, ping answers.
     dispatcher = hx.dispatcher_id(veth.name)
-    assert dispatcher == listed[0]["dispatcher_id"]
+    assert dispatcher == results["load from file"]["program"]["dispatcher_id"]
     assert hx.xdp_links_running(dispatcher) == [listed[0]["link_id"]]
     assert test_run(dispatcher) == hx.XDP_PASS
     assert veth.ping()
-    print("\n[timing] four image loads + info in one play: %.1f s" % elapsed)
+
+    took = task_durations(tmp_path)
+    print("\n[timing] task durations: first pull + load %.2f s (v1 image: %.2f s); cached image "
+          "+ load %.2f / %.2f s; appended to a chain of 4 / 5: cached image %.2f s, file %.2f s"
+          % (took["load 100"], took["load 150"], took["load 50"], took["load 200"],
+             took["load from cached image"], took["load from file"]))
 
 
 # =====================================================================================
@@ -482,3 +504,34 @@ def test_check_mode_with_uncached_image(veth, bpf_objects, plain, playbook):
     assert own_blobs(digest) == []
     assert _spilled(digest) == []
     assert mine(veth) == before and hx.attached_xdp(veth.name) == []
+
+
+# =====================================================================================
+# 7. The facts describe the image options of the task that ran last
+# =====================================================================================
+
+
+def test_facts_follow_the_image_options_of_the_task(veth, bpf_objects, plain, playbook):
+    """Same bytecode, new image options: no reload is needed, but the program's facts must
+    say what the task asked for (pull_policy, image reference) and what was checked."""
+    private, public = h.new_signing_key()
+    url = plain.url("facts/xdp:1.0")
+    digest = publish(plain, "facts/xdp:1.0", bpf_objects["xdp_pass"])
+    h.sign(h.client(plain, "facts/xdp"), digest, private)
+    name = veth.name + "-facts"
+    results = playbook([
+        xdp("tag", name, veth, 100, url, insecure_registry=True),
+        xdp("always, verified", name, veth, 100, url, insecure_registry=True, pull_policy="Always",
+            verify="required", verify_key=public),
+        xdp("by digest", name, veth, 100, plain.url("facts/xdp@" + digest), insecure_registry=True),
+    ])
+    tag, verified, by_digest = (results[t] for t in ("tag", "always, verified", "by digest"))
+    assert tag["changed"] is True and tag["program"]["pull_policy"] == "IfNotPresent"
+    prog_id = tag["program"]["id"]
+    # No reload for any of them: the bytecode is the same.
+    assert verified["program"]["id"] == prog_id and by_digest["program"]["id"] == prog_id
+    got = verified["program"]
+    assert (got["pull_policy"], got["image_verified"]) == ("Always", True), \
+        "facts after a pull_policy: Always + verify: required run say %r" % (
+            {k: got[k] for k in ("image_url", "image_digest", "pull_policy", "image_verified")})
+    assert by_digest["program"]["image_url"] == plain.url("facts/xdp@" + digest)

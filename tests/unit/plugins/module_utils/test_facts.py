@@ -85,8 +85,9 @@ def test_chain_view_positions_follow_the_given_order():
         "interface": "veth0", "direction": None, "mode": "native", "dispatcher_id": 77,
         "programs": [
             {"position": 0, "name": "a", "priority": 10, "proceed_on": ["pass", "dispatcher_return"], "id": 5,
-             "digest": None},
-            {"position": 1, "name": "b", "priority": 20, "proceed_on": ["drop"], "id": 6, "digest": None},
+             "digest": None, "sha256": None, "bpf_function_name": None, "global_data": {}},
+            {"position": 1, "name": "b", "priority": 20, "proceed_on": ["drop"], "id": 6, "digest": None,
+             "sha256": None, "bpf_function_name": None, "global_data": {}},
         ],
     }
 

@@ -1,0 +1,196 @@
+# Copyright (c) 2026 bpfd.core contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Restore without a kernel: which Manager calls rebuild a declaration, in which
+order (map owners before their users, one call per attach point where possible),
+and how pending interfaces and failures are reported without stopping the rest."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from ansible_collections.bpfd.core.plugins.module_utils import _restore
+from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+from ansible_collections.bpfd.core.plugins.module_utils._restore import Hook, Step, execute, hook_of, plan, spec_for
+
+
+def xdp(iface, priority, owner=None, netns=None, **extra):
+    entry = {"kind": "xdp", "interface": iface, "direction": None, "netns": netns, "priority": priority,
+             "proceed_on": ["pass", "dispatcher_return"], "map_owner": owner}
+    entry.update(extra)
+    return entry
+
+
+def tc(iface, direction, priority, owner=None):
+    return {"kind": "tc", "interface": iface, "direction": direction, "netns": None, "priority": priority,
+            "proceed_on": ["pipe", "dispatcher_return"], "map_owner": owner}
+
+
+def calls(steps):
+    return [(s.hook.describe(), list(s.names)) for s in steps]
+
+
+# --- grouping by hook ------------------------------------------------------------------------
+
+def test_one_call_per_hook_programs_in_chain_order():
+    declared = {
+        "b": xdp("eth1", 20), "a": xdp("eth1", 20), "c": xdp("eth1", 5),
+        "in": tc("eth1", "ingress", 1), "out": tc("eth1", "egress", 1),
+        "other": xdp("eth2", 1),
+    }
+    steps, blocked = plan(declared)
+    assert blocked == {}
+    assert calls(steps) == [
+        ("xdp eth1", ["c", "a", "b"]),  # (priority, name)
+        ("xdp eth2", ["other"]),
+        ("tc eth1 egress", ["out"]),
+        ("tc eth1 ingress", ["in"]),
+    ]
+
+
+def test_hooks_are_keyed_by_namespace_too():
+    declared = {"root": xdp("eth0", 1), "inside": xdp("eth0", 1, netns="/run/netns/blue")}
+    steps, _ = plan(declared)
+    assert calls(steps) == [("xdp eth0", ["root"]), ("xdp eth0 (netns /run/netns/blue)", ["inside"])]
+    assert hook_of("inside", declared["inside"]) == Hook("xdp", "eth0", None, "/run/netns/blue")
+
+
+def test_programs_without_a_dispatcher_are_one_call_each():
+    declared = {"t2": {"kind": "tracepoint", "attach": {"tracepoint": "syscalls/sys_enter_openat"}},
+                "t1": {"kind": "tracepoint", "attach": {"tracepoint": "syscalls/sys_enter_read"}},
+                "x": xdp("eth0", 1)}
+    steps, _ = plan(declared)
+    assert calls(steps) == [("xdp eth0", ["x"]), ("tracepoint t1", ["t1"]), ("tracepoint t2", ["t2"])]
+
+
+# --- map owners first -------------------------------------------------------------------------
+
+def test_owner_on_another_hook_is_restored_first_without_splitting():
+    declared = {"user": xdp("eth0", 1, owner="owner"), "mate": xdp("eth0", 2), "owner": tc("eth9", "ingress", 1)}
+    steps, blocked = plan(declared)
+    assert blocked == {}
+    assert calls(steps) == [("tc eth9 ingress", ["owner"]), ("xdp eth0", ["user", "mate"])]
+
+
+def test_owner_and_user_on_one_hook_take_two_calls():
+    declared = {"owner": xdp("eth0", 10), "user": xdp("eth0", 5, owner="owner"), "plain": xdp("eth0", 20)}
+    steps, _ = plan(declared)
+    assert calls(steps) == [("xdp eth0", ["owner", "plain"]), ("xdp eth0", ["user"])]
+
+
+def test_live_owner_needs_no_split():
+    declared = {"owner": xdp("eth0", 10), "user": xdp("eth0", 5, owner="owner")}
+    steps, _ = plan(declared, live={"owner"})
+    assert calls(steps) == [("xdp eth0", ["user", "owner"])]
+
+
+def test_crossed_owners_between_two_hooks():
+    declared = {"o1": xdp("eth1", 1), "u2": xdp("eth1", 2, owner="o2"),
+                "o2": xdp("eth2", 1), "u1": xdp("eth2", 2, owner="o1")}
+    steps, blocked = plan(declared)
+    assert blocked == {}
+    names = [n for s in steps for n in s.names]
+    assert sorted(names) == ["o1", "o2", "u1", "u2"]
+    for user, owner in (("u1", "o1"), ("u2", "o2")):
+        assert names.index(owner) < names.index(user)
+
+
+def test_undeclared_owner_is_reported():
+    declared = {"user": xdp("eth0", 1, owner="ghost"), "fine": xdp("eth0", 2)}
+    steps, blocked = plan(declared)
+    assert calls(steps) == [("xdp eth0", ["fine"])]
+    assert blocked == {"user": "its map owner ghost is not declared"}
+
+
+# --- specs from the declaration ------------------------------------------------------------------
+
+def test_spec_loads_from_the_store_and_keeps_every_declared_field(tmp_path):
+    obj = tmp_path / "abc.o"
+    obj.write_bytes(b"\x7fELF-not-really")
+    sha = hashlib.sha256(obj.read_bytes()).hexdigest()
+    entry = xdp("eth0", 30, owner="owner", bpf_function_name="count", requested_mode="skb",
+                metadata={"team": "net"}, global_data={"verdict": "01000000"}, path="/gone/original.o",
+                sha256=sha, bytecode=str(obj))
+    entry["proceed_on"] = ["drop"]
+    spec = spec_for("user", entry)
+    assert (spec.name, spec.kind, spec.path, spec.interface, spec.priority) == ("user", "xdp", str(obj), "eth0", 30)
+    assert (spec.function, spec.mode, spec.map_owner, spec.proceed_on) == ("count", "skb", "owner", ["drop"])
+    assert spec.metadata == {"team": "net"} and spec.global_data == {"verdict": "01000000"}
+
+
+def test_spec_refuses_bytecode_that_is_not_the_declared_one(tmp_path):
+    obj = tmp_path / "abc.o"
+    obj.write_bytes(b"\x7fELF-changed")
+    entry = xdp("eth0", 1, sha256="0" * 64, bytecode=str(obj), path=str(obj))
+    with pytest.raises(BpfdError, match="neither in the store"):
+        spec_for("p", entry)
+
+
+# --- execution: pending and failed never stop the rest -----------------------------------------
+
+class FakeManager:
+    def __init__(self, fail_on=()):
+        self.calls = []
+        self.fail_on = set(fail_on)
+
+    def chain(self, kind, interface, specs, direction=None, netns=None):
+        names = [s.name for s in specs]
+        self.calls.append((kind, interface, direction, names))
+        if self.fail_on & set(names):
+            raise BpfdError("verifier says no")
+        return {"changed": True, "changes": {n: ["loaded"] for n in names}, "reconciled": []}
+
+    def converge(self, specs):
+        self.calls.append((specs[0].kind, None, None, [s.name for s in specs]))
+        return {"changed": False, "reconciled": []}
+
+
+@pytest.fixture
+def stored(tmp_path, monkeypatch):
+    """Every declared program's bytecode is 'in the store'."""
+    monkeypatch.setattr(_restore, "bytecode_of", lambda name, entry: str(tmp_path / (name + ".o")))
+
+
+def test_missing_interface_is_pending_and_its_users_wait(stored):
+    declared = {"owner": xdp("gone0", 1), "user": tc("eth0", "ingress", 1, owner="owner"),
+                "fine": tc("eth0", "egress", 1)}
+    steps, blocked = plan(declared)
+    manager = FakeManager()
+    result = execute(steps, declared, manager, blocked,
+                     missing=lambda hook: "interface gone0 does not exist" if hook.interface == "gone0" else None)
+    assert [(p["name"], p["reason"]) for p in result["pending"]] == [
+        ("owner", "interface gone0 does not exist"), ("user", "waits for its map owner owner (pending)")]
+    assert result["restored"] == ["fine"] and result["failed"] == []
+    assert manager.calls == [("tc", "eth0", "egress", ["fine"])]
+    assert result["changed"] is True
+
+
+def test_failed_hook_is_reported_and_the_others_go_on(stored):
+    declared = {"bad": xdp("eth0", 1), "mate": xdp("eth0", 2), "other": xdp("eth1", 1),
+                "trace": {"kind": "tracepoint", "attach": {"tracepoint": "x/y"}}}
+    steps, blocked = plan(declared)
+    result = execute(steps, declared, FakeManager(fail_on={"bad"}), blocked, missing=lambda hook: None)
+    assert sorted(p["name"] for p in result["failed"]) == ["bad", "mate"]
+    assert {p["reason"] for p in result["failed"]} == {"verifier says no"}
+    assert result["restored"] == ["other"] and result["unchanged"] == ["trace"]
+    assert [s["hook"] for s in result["steps"]] == ["xdp eth1", "tracepoint trace"]
+
+
+def test_a_program_without_its_bytecode_fails_alone(monkeypatch):
+    def bytecode_of(name, entry):
+        if name == "lost":
+            raise BpfdError("program lost: its bytecode is gone")
+        return "/store/%s.o" % name
+    monkeypatch.setattr(_restore, "bytecode_of", bytecode_of)
+    declared = {"lost": xdp("eth0", 1), "kept": xdp("eth0", 2)}
+    steps, blocked = plan(declared)
+    manager = FakeManager()
+    result = execute(steps, declared, manager, blocked, missing=lambda hook: None)
+    assert [p["name"] for p in result["failed"]] == ["lost"]
+    assert manager.calls == [("xdp", "eth0", None, ["kept"])]
+
+
+def test_step_is_a_value():
+    assert Step(Hook("xdp", "eth0"), ("a",)) == Step(Hook("xdp", "eth0"), ("a",))
