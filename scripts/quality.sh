@@ -3,7 +3,8 @@
 #   sanity-2.18 / sanity-2.19  ansible-test sanity --venv, once per supported ansible-core line
 #   ansible-lint               production profile on roles/ and playbooks/
 #   docs-lint                  antsibull-docs lint-collection-docs (collection and plugin docs)
-#   changelog-lint             antsibull-changelog lint
+#   changelog-lint             antsibull-changelog lint, and CHANGELOG.md generated from the
+#                              fragments is current (QUALITY_UPDATE_CHANGELOG=1 rewrites it)
 #   build-install-doc          ansible-galaxy collection build, install the tarball into a scratch
 #                              path, ansible-doc of every module and of the role from that copy
 # Every gate runs even when an earlier one failed; the script ends with one line per gate and
@@ -118,8 +119,8 @@ lint() {
     (
         cd "$tree" || exit 1
         # --offline: nothing to fetch (no dependencies; Galaxy may be unreachable).
-        PATH="$venv/bin:$PATH" "$venv/bin/ansible-lint" --offline --profile production --nocolor \
-            roles/ playbooks/
+        ANSIBLE_COLLECTIONS_PATH="$scratch" PATH="$venv/bin:$PATH" \
+            "$venv/bin/ansible-lint" --offline --profile production --nocolor roles/ playbooks/
     )
 }
 
@@ -132,7 +133,32 @@ docs_lint() {
 }
 
 changelog_lint() {
-    ( cd "$tree" && "$venv/bin/antsibull-changelog" lint )
+    ( cd "$tree" && "$venv/bin/antsibull-changelog" lint ) || return 1
+    # CHANGELOG.md is generated: before a version is released, as a preview of it from the
+    # fragments (`release` on a throwaway copy); afterwards from changelogs/changelog.yaml.
+    local copy="$scratch/changelog/ansible_collections/bpfd/core" version
+    mkdir -p "$copy" && cp -a "$tree/." "$copy/" || return 1
+    version=$("$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["version"])' "$tree/galaxy.yml")
+    (
+        cd "$copy" || exit 1
+        export PATH="$venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$scratch/changelog"
+        if "$venv/bin/python" -c 'import sys, yaml; sys.exit(sys.argv[2] not in (yaml.safe_load(open(sys.argv[1])).get("releases") or {}))' \
+            changelogs/changelog.yaml "$version"; then
+            "$venv/bin/antsibull-changelog" generate
+        else
+            "$venv/bin/antsibull-changelog" release --version "$version"
+        fi
+    ) || return 1
+    if cmp -s "$copy/CHANGELOG.md" "$repo/CHANGELOG.md"; then
+        echo "CHANGELOG.md is current (version $version)"
+    elif [ "${QUALITY_UPDATE_CHANGELOG:-0}" = 1 ]; then
+        cp "$copy/CHANGELOG.md" "$repo/CHANGELOG.md"
+        echo "CHANGELOG.md rewritten (version $version)"
+    else
+        diff -u "$repo/CHANGELOG.md" "$copy/CHANGELOG.md" | head -40
+        echo "CHANGELOG.md is stale: run QUALITY_UPDATE_CHANGELOG=1 scripts/quality.sh changelog-lint"
+        return 1
+    fi
 }
 
 build_install_doc() {

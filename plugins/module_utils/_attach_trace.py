@@ -79,11 +79,11 @@ def split_tracepoint(tracepoint) -> tuple[str, str]:
 
 def section_probe(kind: str, section: str) -> tuple[str, bool | None, str | None]:
     """(prefix, is a return probe (None: n/a), target named by the section) of a libbpf section."""
-    prefix, _, target = section.partition("/")
+    prefix, target = section.partition("/")[::2]
     for known, retprobe in _SECTION_PREFIXES.get(kind, ()):
         if prefix == known:
             return prefix, retprobe, target or None
-    wanted = ", ".join(sorted({p for p, _ in _SECTION_PREFIXES.get(kind, ())}))
+    wanted = ", ".join(sorted({known for known, _retprobe in _SECTION_PREFIXES.get(kind, ())}))
     raise BpfdError("the program's section %s is not a %s section (expected SEC(\"%s...\"): %s)"
                     % (section, kind, _SECTION_PREFIXES[kind][0][0], wanted))
 
@@ -108,7 +108,7 @@ def check_spec(kind: str, attach: dict, section: str | None = None) -> None:
     if kind in ("fentry", "fexit"):
         _check_symbol("function", attach.get("function"))
         if section is not None:
-            _, _, target = section_probe(kind, section)
+            target = section_probe(kind, section)[2]
             if target is None:
                 raise BpfdError("section %s names no kernel function; libbpf fixes an %s program's target "
                                 "at load from its section: use SEC(\"%s/%s\")"
@@ -139,7 +139,7 @@ def check_spec(kind: str, attach: dict, section: str | None = None) -> None:
         if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
             raise BpfdError("pid must be a process id, or 0 for every process; not %r" % (pid,))
     if section is not None:
-        _, section_retprobe, _ = section_probe(kind, section)
+        section_retprobe = section_probe(kind, section)[1]
         if section_retprobe != retprobe:
             probe, retprobe_name = kind, _RETPROBE_KIND[kind]
             if section_retprobe:
@@ -222,18 +222,15 @@ def resolve_target(target: str, cache_path: str = LD_SO_CACHE, lib_dirs: tuple |
         entries = []
     found = [p for p in library_candidates(target, entries) if os.path.isfile(p)]
     if not found:
-        dirs = lib_dirs if lib_dirs is not None else tuple(d.format(multiarch=_multiarch())
-                                                            for d in _STANDARD_LIB_DIRS)
-        stem = target if ".so" in target else target + ".so"
-        for directory in dirs:
+        if lib_dirs is None:
+            lib_dirs = tuple(d.format(multiarch=_multiarch()) for d in _STANDARD_LIB_DIRS)
+        for directory in lib_dirs:
             try:
                 names = sorted(os.listdir(directory))
             except OSError:
                 continue
             local = [(n, os.path.join(directory, n)) for n in names]
             found += [p for p in library_candidates(target, local) if os.path.isfile(p)]
-            if not found and target != stem:
-                found += [p for n, p in local if n == stem and os.path.isfile(p)]
     if not found:
         raise BpfdError("uprobe target %s was not found: it is neither an absolute path nor a library "
                         "known to the dynamic linker (%s) or present in the standard library directories"
@@ -342,7 +339,6 @@ def trampolines_refused(attach_type: int) -> str | None:
     return "%s (%s) loading a do-nothing program on %s%s" % (
         _REFUSALS[code], os.strerror(code) if code != ENOTSUPP else "not supported",
         TRAMPOLINE_PROBE_FUNCTION, ": " + last if last else "")
-    return None
 
 
 def probe_kernel(kind: str, attach: dict) -> None:

@@ -20,7 +20,8 @@ from ansible_collections.bpfd.core.plugins.module_utils._state import Layout, wr
 
 DECLARED_VERSION = 1
 DECLARED_FIELDS = ("kind", "interface", "direction", "netns", "priority", "proceed_on", "bpf_function_name",
-                   "global_data", "map_owner", "metadata", "requested_mode", "path", "sha256", "bytecode")
+                   "global_data", "map_owner", "metadata", "requested_mode", "path", "sha256", "bytecode",
+                   "attach", "image")
 
 
 def declared_file(layout: Layout) -> str:

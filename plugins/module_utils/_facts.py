@@ -179,7 +179,8 @@ def program_diff_text(facts: dict | None) -> str:
         return ""
     lines = ["%s (%s):" % (facts["name"], attach_text(facts["type"], {
         k: facts.get(k) for k in ("tracepoint", "function", "offset", "retprobe", "target", "pid")}))]
-    lines.append("  bpf_function_name=%s sha256=%s" % (facts.get("bpf_function_name"), facts.get("sha256")))
+    lines.append("  " + " ".join("%s=%s" % (key, facts[key]) for key in ("bpf_function_name", "sha256")
+                                 if facts.get(key)))
     if facts.get("image_digest"):
         lines.append("  image=%s" % facts["image_digest"])
     for key in ("global_data", "metadata"):

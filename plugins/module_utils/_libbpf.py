@@ -1027,7 +1027,7 @@ def vmlinux_function_btf_id(name: str) -> int | None:
 
 
 # r0 = 0; exit
-_RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
+_RETURN_ZERO = bytes.fromhex("b700000000000000 9500000000000000")
 
 
 def probe_tracing_load(attach_type: int, attach_btf_id: int) -> tuple[int, str]:

@@ -80,8 +80,12 @@ programs:
   description:
     - Matching programs, managed ones first (sorted by name), with the same facts as the
       RV(bpfd.core.bpf_xdp_program#module:program) return value.
+    - Programs without a dispatcher (V(tracepoint), V(kprobe), V(uprobe), V(fentry), V(fexit)) carry
+      their attach point instead of chain facts (C(tracepoint); C(function), C(offset), C(retprobe);
+      C(target), C(pid)) and the C(link_id) of their own bpf_link, as their modules return them.
     - Unmanaged kernel programs (O(all=true)) carry only kernel facts, C(managed=false), and
-      C(owner=bpfd.core dispatcher) for our dispatchers.
+      C(owner=bpfd.core dispatcher) for our dispatchers. Their O(type) is the kernel's program type:
+      V(uprobe) finds kprobe programs, V(fentry) and V(fexit) tracing ones, V(tc) sched_cls ones.
   returned: always
   type: list
   elements: dict

@@ -24,9 +24,9 @@ the bridge, and the scratch directory.
 
 Command line (what ``scripts/fleet.sh`` runs)::
 
-    python tests/fleet/fleet.py --hosts 20 --forks 10 [--keep] [--collections-path DIR]
+    python tests/fleet/fleet.py --hosts 20 --forks 10 [--batch 5] [--keep] [--collections-path DIR]
 
-runs the whole scenario at full size and prints the wall times.
+runs the whole scenario at full size, checks each step and prints the wall times.
 """
 
 from __future__ import annotations
@@ -559,15 +559,17 @@ def scenario(size: int, forks: int, keep: bool = False, collections_path: str | 
         print("fleet: ERROR %s" % exc)
     finally:
         if keep and not failures:
-            print("fleet: kept (--keep): ANSIBLE_CONFIG=%s; remove with: python %s --destroy %s"
-                  % (fleet.config, __file__, fleet.dir))
-        else:
-            t0 = time.monotonic()
-            fleet.destroy()
-            times["teardown"] = time.monotonic() - t0
-            left = fleet.leftovers()
-            if left:
-                failures.append("left behind: %s" % left)
+            print("fleet: --keep: the fleet stays up until you press Enter (or Ctrl-C); try\n"
+                  "  ANSIBLE_CONFIG=%s ANSIBLE_COLLECTIONS_PATH=%s ansible all -m bpfd.core.bpf_program_info"
+                  % (fleet.config, fleet.collections_path))
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input()
+        t0 = time.monotonic()
+        fleet.destroy()
+        times["teardown"] = time.monotonic() - t0
+        left = fleet.leftovers()
+        if left:
+            failures.append("left behind: %s" % left)
     print("\nfleet wall times (%d hosts, forks %d):" % (size, forks))
     for what, seconds in times.items():
         print("  %-45s %6.1f s" % (what, seconds))
@@ -584,9 +586,16 @@ def main(argv=None) -> int:
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--forks", type=int, default=10)
     parser.add_argument("--batch", type=int, help="hosts per batch after the canary (default hosts/4)")
-    parser.add_argument("--keep", action="store_true", help="leave the fleet running when all passed")
+    parser.add_argument("--keep", action="store_true",
+                        help="when all passed, keep the fleet up until Enter is pressed, then clean up")
     parser.add_argument("--collections-path", help="ANSIBLE_COLLECTIONS_PATH holding bpfd.core")
     args = parser.parse_args(argv)
+
+    def stop(signum, frame):  # SIGTERM/SIGHUP: unwind through the cleanup in scenario()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     return scenario(args.hosts, args.forks, keep=args.keep, collections_path=args.collections_path,
                     batch=args.batch)
 

@@ -61,8 +61,8 @@ TARGET_SOURCE = r"""
 /* What the uprobe tests attach to: called N times by "call N". */
 __attribute__((noinline)) long bpfd_probe_target(long x)
 {
-	__asm__ volatile("" ::: "memory");
-	return x + 1;
+    __asm__ volatile("" ::: "memory");
+    return x + 1;
 }
 
 /* Commands on stdin, one per line: "call N", "open N" (open+close /dev/null),
@@ -70,31 +70,31 @@ __attribute__((noinline)) long bpfd_probe_target(long x)
  * Prints "ready PID" first and "done" after each command. */
 int main(void)
 {
-	char cmd[16];
-	long n, i, acc;
+    char cmd[16];
+    long n, i, acc;
 
-	setvbuf(stdout, NULL, _IONBF, 0);
-	printf("ready %d\n", (int)getpid());
-	while (scanf("%15s %ld", cmd, &n) == 2) {
-		for (i = 0, acc = 0; i < n; i++) {
-			if (!strcmp(cmd, "call")) {
-				acc += bpfd_probe_target(i);
-			} else if (!strcmp(cmd, "open")) {
-				int fd = open("/dev/null", O_RDONLY);
-				if (fd >= 0)
-					close(fd);
-			} else if (!strcmp(cmd, "getpid")) {
-				acc += getpid();
-			} else if (!strcmp(cmd, "unlink")) {
-				int fd = open("bpfd-unlink-me", O_CREAT | O_WRONLY, 0600);
-				if (fd >= 0)
-					close(fd);
-				unlink("bpfd-unlink-me");
-			}
-		}
-		printf("done %ld\n", acc);
-	}
-	return 0;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    printf("ready %d\n", (int)getpid());
+    while (scanf("%15s %ld", cmd, &n) == 2) {
+        for (i = 0, acc = 0; i < n; i++) {
+            if (!strcmp(cmd, "call")) {
+                acc += bpfd_probe_target(i);
+            } else if (!strcmp(cmd, "open")) {
+                int fd = open("/dev/null", O_RDONLY);
+                if (fd >= 0)
+                    close(fd);
+            } else if (!strcmp(cmd, "getpid")) {
+                acc += getpid();
+            } else if (!strcmp(cmd, "unlink")) {
+                int fd = open("bpfd-unlink-me", O_CREAT | O_WRONLY, 0600);
+                if (fd >= 0)
+                    close(fd);
+                unlink("bpfd-unlink-me");
+            }
+        }
+        printf("done %ld\n", acc);
+    }
+    return 0;
 }
 """
 
@@ -282,7 +282,7 @@ def test_tracepoint_counts_moves_and_unloads(playbook, bpf_objects, names, targe
 
     # It fires: the count rises when this test opens files.
     before = hits(name)
-    for _ in range(25):
+    for _each in range(25):
         with open("/dev/null"):
             pass
     assert hits(name) - before >= 25
@@ -315,7 +315,7 @@ def test_tracepoint_counts_moves_and_unloads(playbook, bpf_objects, names, targe
     filtered = result["program"]
     assert filtered["id"] != prog["id"] and prog["link_id"] not in links()
     before = hits(name)
-    for _ in range(25):
+    for _each in range(25):
         with open("/dev/null"):
             pass
     target.do("open", 7)
@@ -392,7 +392,7 @@ def test_bad_input_is_refused_and_leaves_nothing(playbook, bpf_objects, names, t
                                    target="/nonexistent/bpfd/app", function="main"),
                            "uprobe target /nonexistent/bpfd/app does not exist"),
     }
-    results = playbook([entry for entry, _ in module_cases.values()], expect_failure=True)
+    results = playbook([entry for entry, _message in module_cases.values()], expect_failure=True)
     for title, (entry, message) in module_cases.items():
         assert_clean_failure(results[title], message)
         name = next(v for k, v in entry.items() if k.startswith("bpfd.core."))["name"]
@@ -404,8 +404,8 @@ def test_bad_input_is_refused_and_leaves_nothing(playbook, bpf_objects, names, t
 # --- uprobes ----------------------------------------------------------------------------
 
 
-def test_uprobe_and_uretprobe_count_calls_and_pid_filtering_holds(playbook, bpf_objects, names, targets,
-                                                                   target_binary):
+def test_uprobe_and_uretprobe_count_calls_and_pid_filtering_holds(
+        playbook, bpf_objects, names, targets, target_binary):
     first, second = targets(), targets()
     entry, ret = names("entry"), names("return")
     results = playbook([
@@ -546,11 +546,11 @@ def test_unsupported_kinds_fail_cleanly_and_change_nothing(playbook, bpf_objects
     kernel_names = ("count_kprobe", "count_kretprobe", "count_fentry", "count_fexit", "bpfd_probe")
     before = {n: prog_ids_named(n) for n in kernel_names}
     links_before = set(links())
-    made = {title: names(title) for title, *_ in cases}
+    made = {case[0]: names(case[0]) for case in cases}
     # kprobe and fentry through the modules, kretprobe and fexit through the Manager (faster).
     through_module = [c for c in cases if c[0] in ("kprobe", "fentry")]
     results = playbook([failing(module, title, name=made[title], path=bpf_objects[fixture], **attach)
-                        for title, module, fixture, attach, _ in through_module], expect_failure=True) \
+                        for title, module, fixture, attach, _message in through_module], expect_failure=True) \
         if through_module else {}
     mgr = manager()
     for title, _module, fixture, attach, message in cases:
