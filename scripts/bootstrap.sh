@@ -15,6 +15,7 @@ apt_packages=(
     clang llvm libbpf-dev libbpf1 bpftool    # build and inspect eBPF objects
     iproute2 iputils-ping xdp-tools          # netns/veth, traffic, reference objects
     docker-registry                          # local OCI registry for image tests
+    openssh-server shellcheck                # fleet hosts' sshd (tests/fleet); ansible-test's shellcheck
     python3-venv git
 )
 

@@ -14,12 +14,14 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${BPFD_VENV:-/opt/bpfd-venv}"
 
 [ "$(id -u)" -eq 0 ] || { echo "fleet.sh: run as root (namespaces, mounts, sshd)" >&2; exit 2; }
-[ -x /usr/sbin/sshd ] && [ -x "$venv/bin/python" ] || bash "$repo/scripts/bootstrap.sh"
+if [ ! -x /usr/sbin/sshd ] || [ ! -x "$venv/bin/python" ]; then
+    bash "$repo/scripts/bootstrap.sh"
+fi
 
 work=$(mktemp -d /tmp/bpfd-fleet-collection.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$venv/bin/ansible-galaxy" collection build --force --output-path "$work" "$repo" >/dev/null
-"$venv/bin/ansible-galaxy" collection install --force --offline -p "$work/collections" \
+ANSIBLE_COLLECTIONS_PATH="$work/collections" "$venv/bin/ansible-galaxy" collection install --force --offline -p "$work/collections" \
     "$work"/bpfd-core-*.tar.gz >/dev/null
 
 # Not exec: the trap above removes the scratch collection afterwards.

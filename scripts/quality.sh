@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Quality gates of bpfd.core, the ones the best-kept collections run:
 #   sanity-2.18 / sanity-2.19  ansible-test sanity --venv, once per supported ansible-core line
-#   ansible-lint               production profile on roles/ and playbooks/
+#   ansible-lint               production profile on roles/, playbooks/ and the AWX test project
 #   docs-lint                  antsibull-docs lint-collection-docs (collection and plugin docs)
 #   changelog-lint             antsibull-changelog lint, and CHANGELOG.md generated from the
 #                              fragments is current (QUALITY_UPDATE_CHANGELOG=1 rewrites it)
 #   build-install-doc          ansible-galaxy collection build, install the tarball into a scratch
 #                              path, ansible-doc of every module and of the role from that copy
+#   docs-site                  docs/site/build.sh: the antsibull-docs site with the guides,
+#                              warnings as errors
 # Every gate runs even when an earlier one failed; the script ends with one line per gate and
 # exits 1 when any gate failed (2 on a usage or set-up error).
 #
@@ -21,13 +23,15 @@
 # ansible-test needs the collection at .../ansible_collections/bpfd/core: the files git knows
 # (tracked, plus untracked ones not ignored, as they are in the work tree) are copied to a
 # scratch tree, and every gate runs on that copy, never on the work tree.
+# The gates are functions called through run_gate: shellcheck cannot see those calls.
+# shellcheck disable=SC2317
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${BPFD_VENV:-/opt/bpfd-venv}
 venv218=${BPFD_VENV_218:-/opt/bpfd-venv-218}
 install_missing=${QUALITY_INSTALL:-1}
-all_gates=(sanity-2.18 sanity-2.19 ansible-lint docs-lint changelog-lint build-install-doc)
+all_gates=(sanity-2.18 sanity-2.19 ansible-lint docs-lint changelog-lint build-install-doc docs-site)
 gates=("$@")
 [ "${#gates[@]}" -gt 0 ] || gates=("${all_gates[@]}")
 for gate in "${gates[@]}"; do
@@ -69,7 +73,7 @@ if [[ " ${gates[*]} " == *" sanity-2.18 "* ]] && [ ! -x "$venv218/bin/python" ];
 fi
 setup_ok=1
 ensure_tools "$venv" "ansible-core>=2.19,<2.20" "ansible-lint>=25" "antsibull-docs>=2.16" \
-    "antsibull-changelog>=0.29" || setup_ok=0
+    "antsibull-changelog>=0.29" "sphinx>=7" "sphinx-ansible-theme>=0.9" "myst-parser>=2" || setup_ok=0
 if [[ " ${gates[*]} " == *" sanity-2.18 "* ]]; then
     ensure_tools "$venv218" "ansible-core>=2.18,<2.19" || setup_ok=0
 fi
@@ -120,7 +124,8 @@ lint() {
         cd "$tree" || exit 1
         # --offline: nothing to fetch (no dependencies; Galaxy may be unreachable).
         ANSIBLE_COLLECTIONS_PATH="$scratch" PATH="$venv/bin:$PATH" \
-            "$venv/bin/ansible-lint" --offline --profile production --nocolor roles/ playbooks/
+            "$venv/bin/ansible-lint" --offline --profile production --nocolor \
+                roles/ playbooks/ tests/awx/project/
     )
 }
 
@@ -141,6 +146,7 @@ changelog_lint() {
     version=$("$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["version"])' "$tree/galaxy.yml")
     (
         cd "$copy" || exit 1
+        # antsibull-changelog runs ansible-doc (from PATH) on the copy to list new plugins.
         export PATH="$venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$scratch/changelog"
         if "$venv/bin/python" -c 'import sys, yaml; sys.exit(sys.argv[2] not in (yaml.safe_load(open(sys.argv[1])).get("releases") or {}))' \
             changelogs/changelog.yaml "$version"; then
@@ -217,6 +223,11 @@ PY
     return "$failed"
 }
 
+docs_site() {
+    # The site is built from the scratch copy, into the scratch directory.
+    DOCS_OUT="$scratch/site" BPFD_VENV="$venv" bash "$tree/docs/site/build.sh"
+}
+
 for gate in "${gates[@]}"; do
     case $gate in
         sanity-2.18) run_gate "$gate" sanity "$venv218" ;;
@@ -225,6 +236,7 @@ for gate in "${gates[@]}"; do
         docs-lint) run_gate "$gate" docs_lint ;;
         changelog-lint) run_gate "$gate" changelog_lint ;;
         build-install-doc) run_gate "$gate" build_install_doc ;;
+        docs-site) run_gate "$gate" docs_site ;;
     esac
 done
 

@@ -12,8 +12,9 @@ set -euo pipefail
 site="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$site/../.." && pwd)"
 out="${DOCS_OUT:-$site/build}"
-venv_bin="$(dirname "$(command -v antsibull-docs || echo "${BPFD_VENV:-/opt/bpfd-venv}/bin/antsibull-docs")")"
-export PATH="$venv_bin:$PATH"
+# The tools of the project's venv (BPFD_VENV), else whatever PATH has.
+venv_bin="${BPFD_VENV:-/opt/bpfd-venv}/bin"
+[ -x "$venv_bin/antsibull-docs" ] && export PATH="$venv_bin:$PATH"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -24,7 +25,7 @@ export ANSIBLE_COLLECTIONS_PATH="$work/collections"
 
 rst="$work/rst"
 mkdir -m 0700 "$rst"   # antsibull-docs wants that directory only writable by itself
-antsibull-docs --config-file "$site/antsibull-docs.cfg" collection \
+antsibull-docs --config-file "$site/antsibull-docs.cfg" collection --fail-on-error \
     --use-current --squash-hierarchy --dest-dir "$rst" bpfd.core
 
 # The guides and the changelog, with a table of contents on the collection's index page.

@@ -43,8 +43,8 @@ def _describe(found: list) -> str:
 
 
 def foreign_tcx_programs(ifindex: int, direction: str, ours: set) -> list:
-    """tcx links of other owners on this hook (they coexist with ours: the
-    kernel runs tcx programs in attach order, so we report, not refuse)."""
+    """tcx links of other owners on this hook (refused: we do not run beside
+    programs whose order we do not control)."""
     found = []
     for link_id in libbpf.link_ids():
         try:
@@ -53,8 +53,16 @@ def foreign_tcx_programs(ifindex: int, direction: str, ours: set) -> list:
         except BpfdError:
             continue
         if info["target"] == ifindex and info["attach_type"] == TCX_ATTACH[direction] and link_id not in ours:
-            found.append({"link_id": link_id, "prog_id": info["prog_id"]})
+            found.append({"name": _prog_name(info["prog_id"]), "link_id": link_id, "prog_id": info["prog_id"]})
     return found
+
+
+def _prog_name(prog_id: int) -> str | None:
+    try:
+        with libbpf.owned_fd(libbpf.prog_fd_by_id(prog_id)) as fd:
+            return libbpf.prog_info(fd)["name"]
+    except BpfdError:
+        return None
 
 
 # --- cls_bpf fallback ----------------------------------------------------------
@@ -79,6 +87,8 @@ def cls_bpf_state(ifindex: int, direction: str) -> dict:
     ours, foreign = None, []
     for flt in filters:
         options = flt.get_attr("TCA_OPTIONS")
+        if options is None:
+            continue  # the per-chain header tc dumps before the filters, not a filter
         name = options.get_attr("TCA_BPF_NAME") if options is not None else None
         match = _FILTER_NAME_RE.match(name or "")
         if match and flt["info"] >> 16 == FILTER_PRIO:
@@ -140,7 +150,9 @@ class TcxAttachment(LinkAttachment):
     """A TC hook held by a tcx bpf_link (kernel >= 6.6)."""
 
     def foreign(self, hook: dict) -> str | None:
-        found = foreign_tcx_programs(hook["ifindex"], hook["direction"], {hook.get("link_id")})
+        # tcx runs before clsact: our verdict would end TC before a foreign filter runs.
+        found = foreign_tcx_programs(hook["ifindex"], hook["direction"], {hook.get("link_id")}) + \
+            cls_bpf_state(hook["ifindex"], hook["direction"])["foreign"]
         if not found:
             return None
         return ("interface %s %s already runs tcx programs bpfd.core did not attach: %s; remove them "
@@ -155,7 +167,9 @@ class ClsBpfAttachment(Attachment):
     """A TC hook held by our cls_bpf filter on a clsact qdisc (kernels < 6.6)."""
 
     def foreign(self, hook: dict) -> str | None:
-        found = cls_bpf_state(hook["ifindex"], hook["direction"])["foreign"]
+        # a foreign tcx program runs before clsact and may end TC before our filter runs
+        found = cls_bpf_state(hook["ifindex"], hook["direction"])["foreign"] + \
+            foreign_tcx_programs(hook["ifindex"], hook["direction"], set())
         if not found:
             return None
         return ("interface %s %s already has tc filters bpfd.core did not add: %s; remove them first, "

@@ -302,7 +302,9 @@ class Manager:
             "interface": spec.interface, "ifindex": ifindex, "hook": key, "direction": spec.direction,
             "netns": spec.netns,
             "priority": spec.priority, "proceed_on": proceed_on,
-            "metadata": dict(spec.metadata or {}), "requested_mode": spec.mode,
+            "metadata": dict(spec.metadata or {}),
+            # an omitted mode keeps what was asked before (it joins the hook's mode)
+            "requested_mode": spec.mode if spec.mode is not None else (old or {}).get("requested_mode"),
             "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
             "map_owner": spec.map_owner,
             "image": spec.image,
@@ -571,6 +573,13 @@ class Manager:
 
     def _detach(self, store: StateStore, key: str, undo: _Undo | None = None) -> None:
         hook = store.hooks.pop(key)
+        if hook.get("clsact_created"):
+            # We created the clsact qdisc: a hook of ours still using it inherits that.
+            for other in store.hooks.values():
+                if other.get("mode") == "cls_bpf" and (other["ifindex"], other.get("netns")) == (
+                        hook["ifindex"], hook.get("netns")):
+                    other["clsact_created"], hook["clsact_created"] = True, False
+                    break
         self._attachment(key, hook).detach(hook, undo)
         if undo is not None:
             undo.add(lambda: store.hooks.__setitem__(key, hook))

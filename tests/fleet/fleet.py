@@ -63,7 +63,7 @@ class FleetError(RuntimeError):
 
 
 def sh(*argv: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False, **kwargs)
     if check and proc.returncode != 0:
         raise FleetError("%s failed (rc=%d): %s" % (" ".join(argv), proc.returncode,
                                                     (proc.stderr or proc.stdout).strip()))
@@ -439,7 +439,7 @@ class Fleet:
         argv = [os.path.join(os.path.dirname(VENV_PYTHON), "ansible"), pattern, "-m", module]
         if args:
             argv += ["-a", args]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=str(self.dir))
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=str(self.dir), check=False)
         results = {}
         for path in sorted(tree.iterdir()):
             result = json.loads(path.read_text())
@@ -536,24 +536,24 @@ def scenario(size: int, forks: int, keep: bool = False, collections_path: str | 
 
         run, t = fleet.playbook(PLAYBOOKS / "fleet_report.yml", ident="report")
         times["report play"] = t
-        rows = next((r["ansible_facts"]["fleet_report_rows"] for _, r in task_results(
+        rows = next((r["ansible_facts"]["fleet_report_rows"] for _event, r in task_results(
             run, "Build the fleet table").values()), [])
         expect(run.rc == 0 and len(rows) == 3 * size, "report: %d rows (3 programs x %d hosts)" % (len(rows), size))
-        table = next((r.get("msg") for _, r in task_results(run, "Print the fleet table").values()), [])
+        table = next((r.get("msg") for _event, r in task_results(run, "Print the fleet table").values()), [])
         print("\n".join(table[:8] + (["  ..."] if len(table) > 8 else [])))
 
         t0 = time.monotonic()
         rc, res, out = fleet.adhoc("all", "bpfd.core.bpf_program_info")
         times["ad-hoc bpf_program_info (all)"] = time.monotonic() - t0
-        expect(rc == 0 and len(res) == size and all(len(r["programs"]) == 3 for _, r in res.values()),
+        expect(rc == 0 and len(res) == size and all(len(r["programs"]) == 3 for _status, r in res.values()),
                "ansible all -m bpfd.core.bpf_program_info: %d hosts, 3 programs each" % len(res))
         t0 = time.monotonic()
         rc, res, out = fleet.adhoc("web", "bpfd.core.bpf_xdp_program", "name=fleet-pass state=absent")
         times["ad-hoc bpf_xdp_program state=absent (web)"] = time.monotonic() - t0
         web = [h.name for h in fleet.hosts if h.group == "web"]
-        expect(rc == 0 and sorted(res) == web and all(s == "CHANGED" for s, _ in res.values()),
+        expect(rc == 0 and sorted(res) == web and all(s == "CHANGED" for s, _result in res.values()),
                "ansible web -m bpfd.core.bpf_xdp_program -a 'name=fleet-pass state=absent': %d CHANGED"
-               % sum(s == "CHANGED" for s, _ in res.values()))
+               % sum(s == "CHANGED" for s, _result in res.values()))
     except Exception as exc:  # noqa: BLE001 - report, clean up, fail
         failures.append("%s: %s" % (type(exc).__name__, exc))
         print("fleet: ERROR %s" % exc)

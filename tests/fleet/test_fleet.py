@@ -139,9 +139,9 @@ def test_adhoc_commands(fleet):
     web = sorted(h.name for h in fleet.hosts if h.group == "web")
     rc, res, out = fleet.adhoc("web", "bpfd.core.bpf_xdp_program", "name=fleet-pass state=absent")
     assert rc == 0, out
-    assert sorted(res) == web and all(status == "CHANGED" for status, _ in res.values()), out
+    assert sorted(res) == web and all(status == "CHANGED" for status, _result in res.values()), out
     rc, res, out = fleet.adhoc("web", "bpfd.core.bpf_xdp_program", "name=fleet-pass state=absent")
-    assert rc == 0 and all(status == "SUCCESS" for status, _ in res.values()), out
+    assert rc == 0 and all(status == "SUCCESS" for status, _result in res.values()), out
 
     rc, res, out = fleet.adhoc("fleet", "bpfd.core.bpf_program_info", "interface=fleet0")
     for host in fleet.hosts:

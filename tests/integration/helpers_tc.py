@@ -227,29 +227,47 @@ def foreign_tcx(veth, obj: str, direction: str):
 
 # --- snapshots -----------------------------------------------------------------------------
 #
-# kernel_snapshot() must be identical before and after a refused change. While another
-# pytest process runs (other engineers' suites), the comparison narrows to what can be
+# kernel_snapshot() must be identical before and after a refused change. While anything
+# else may load BPF programs (other suites, playbooks, benchmarks), the comparison narrows to what can be
 # ours: state entries, pins and hooks naming our veth or its ifindex, what tc and bpftool
 # show at our interface, and the kernel ids of our programs.
 
 
-def other_pytest_running() -> bool:
+_BPF_TOOLS = {b"pytest", b"py.test", b"ansible", b"ansible-playbook", b"ansible-runner", b"bpftool"}
+
+
+def _descends_from(pid: str, ancestor: int) -> bool:
+    for _ in range(64):
+        if int(pid) == ancestor:
+            return True
+        try:
+            pid = pathlib.Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            return False
+        if pid in ("0", "1"):
+            return False
+    return False
+
+
+def other_bpf_activity() -> bool:
+    """Anything else that may load BPF programs right now: other test suites, playbooks,
+    benchmarks run with the project's venv, bpftool. Our own children do not count."""
     me = os.getpid()
     for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == me:
+        if not pid.isdigit() or _descends_from(pid, me):
             continue
         try:
             argv = pathlib.Path("/proc", pid, "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(os.path.basename(a) in (b"pytest", b"py.test") for a in argv[:2]) or (
-                b"-m" in argv and b"pytest" in argv):
+        names = {os.path.basename(a) for a in argv[:3]}
+        if names & _BPF_TOOLS or b"bpfd-venv" in argv[0] or (b"-m" in argv and b"pytest" in argv):
             return True
     return False
 
 
 def snapshot(veth) -> dict:
-    busy = other_pytest_running()
+    busy = other_bpf_activity()
     for attempt in range(5):  # bpftool 7.1 fails when another test's link goes away meanwhile
         try:
             snap = kernel_snapshot()
@@ -276,7 +294,7 @@ def snapshot(veth) -> dict:
         "progs": sorted(ids & set(snap["progs"])),
     }
     snap["mine"] = mine
-    snap["busy"] = busy or other_pytest_running()
+    snap["busy"] = busy or other_bpf_activity()
     return snap
 
 

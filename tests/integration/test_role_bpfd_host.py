@@ -4,15 +4,20 @@
 """Role bpfd.core.bpfd_host, driven through ansible-playbook on localhost.
 
 present: applied twice (the second run must report changed=0), then in check mode
-(changed=0 again), and the layout, mounts, group and pyroute2 are checked directly.
+(changed=0 again), and the layout, mounts, group, pyroute2, the host CLI with its
+module_utils tree, the configuration, the boot-time files and the restore unit
+(`systemd-analyze verify`) are checked directly.
 
 absent on the real host only runs when it cannot destroy anything: nothing pinned under
-/sys/fs/bpf/bpfd, no program or hook in /run/bpfd/state.json, empty /etc/bpfd, no
-member in the bpfd group. It holds the state store's lock (/run/bpfd/lock) meanwhile
-and always runs present again afterwards, so the host ends as it began.
+/sys/fs/bpf/bpfd, no program or hook in /run/bpfd/state.json, nothing but our own
+configuration in /etc/bpfd, no member in the bpfd group. It holds the state store's lock
+(/run/bpfd/lock) meanwhile and always runs present again afterwards, so the host ends as
+it began.
 
-The refusal of absent (programs still managed) is tested in a sandbox: the role's
-private path variables are pointed at a temporary tree with extra vars.
+What absent does with programs loaded (unload them all, foreign ones untouched), and the
+installed CLI restoring programs after a simulated reboot, are tested in a sandbox: the
+role's private path variables point at a temporary tree (bpffs under
+/sys/fs/bpf/bpfd-test-<rand>) with extra vars.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 
 import pytest
+
+from conftest import Veth, kernel_ready
+from test_restore import detach_and_unpin
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
 
@@ -37,6 +48,13 @@ BPFFS_DIR = pathlib.Path("/sys/fs/bpf/bpfd")
 RUN_DIR = pathlib.Path("/run/bpfd")
 STORE_DIR = pathlib.Path("/var/lib/bpfd")
 CONFIG_DIR = pathlib.Path("/etc/bpfd")
+CLI = pathlib.Path("/usr/local/bin/bpfctl")
+CLI_LIB = pathlib.Path("/usr/local/lib/bpfd-core")
+UNIT = pathlib.Path("/etc/systemd/system/bpfd-restore.service")
+TMPFILES = pathlib.Path("/etc/tmpfiles.d/bpfd.conf")
+FSTAB = pathlib.Path("/etc/fstab")
+FSTAB_BEGIN = "# BEGIN bpfd.core bpfd_host: bpffs and tracefs at boot"
+MODULE_UTILS = pathlib.Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
 GROUP = "bpfd"
 # path -> (group, mode) as the role creates them
 LAYOUT = {
@@ -139,19 +157,82 @@ def test_present_is_idempotent(run_role):
     second = run_role({"bpfd_host_state": "present"})
     _assert_ok(second)
     assert second.changed == 0, "second run changed something:\n" + second.output
+    check = run_role(check=True)
+    _assert_ok(check)
+    assert check.changed == 0, check.output
 
     _assert_layout()
     assert _mounted("bpf", "/sys/fs/bpf")
     if _has_fs("tracefs"):
         assert _mounted("tracefs", "/sys/kernel/tracing")
     subprocess.run([sys.executable, "-c", "import pyroute2"], check=True)
+    _assert_installed(CLI, CLI_LIB, UNIT, TMPFILES, CONFIG_DIR / "bpfctl.json", FSTAB)
+    # The installed CLI runs from its own module_utils tree (read-only here: other tests'
+    # programs may be listed).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BPFD_")}
+    listing = subprocess.run([str(CLI), "--json", "list"], capture_output=True, text=True, env=env, check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert "programs" in json.loads(listing.stdout)
 
 
-def test_check_mode_after_present_predicts_nothing(run_role):
-    _assert_ok(run_role())
-    check = run_role(check=True)
-    _assert_ok(check)
-    assert check.changed == 0, check.output
+def _assert_installed(cli, lib, unit, tmpfiles, config, fstab, group=GROUP, run_dir=RUN_DIR) -> None:
+    """The host CLI, its module_utils tree, the configuration and the boot-time files."""
+    first_line = cli.read_text().splitlines()[0]
+    assert first_line.startswith("#!/") and os.access(cli, os.X_OK)
+    subprocess.run([first_line[2:], "-c", "import pyroute2"], check=True)  # the checked interpreter
+    assert 'BPFD_CORE_LIB = "%s"' % lib in cli.read_text()
+    package = lib / "ansible_collections" / "bpfd" / "core" / "plugins" / "module_utils"
+    for directory in [package] + list(package.parents)[:4]:
+        assert (directory / "__init__.py").read_text() == "", directory
+    installed = sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py")
+    assert installed == sorted(p.name for p in MODULE_UTILS.glob("*.py"))
+    assert (package / "_bpfctl.py").read_bytes() == (MODULE_UTILS / "_bpfctl.py").read_bytes()
+    assert json.loads(config.read_text())["group"] == group
+    assert tmpfiles.read_text().splitlines()[-1] == "d %s 0750 root %s -" % (run_dir, group)
+    text = unit.read_text()
+    for line in ("Type=oneshot", "RemainAfterExit=yes", "ExecStart=%s restore" % cli,
+                 "After=network-online.target local-fs.target systemd-tmpfiles-setup.service",
+                 "Wants=network-online.target", "WantedBy=multi-user.target"):
+        assert line in text.splitlines(), line
+    _verify_unit(unit)
+    if fstab.exists():
+        lines = fstab.read_text().splitlines()
+        ours = lines[lines.index(FSTAB_BEGIN) + 1:lines.index(FSTAB_BEGIN.replace("BEGIN", "END"))] \
+            if FSTAB_BEGIN in lines else []
+        others = [line.split()[1] for line in lines if line.strip() and not line.lstrip().startswith("#")
+                  and line not in ours]
+        for fstype, path in (("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")):
+            if path not in others and _has_fs(fstype):
+                assert "%s %s %s defaults,nofail 0 0" % ("bpffs" if fstype == "bpf" else fstype, path, fstype) \
+                    in ours, lines
+
+
+def _verify_unit(unit: pathlib.Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        print("systemd-analyze is missing: %s not verified" % unit)
+        return
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stderr.strip(), "systemd-analyze verify %s:\n%s%s" % (
+        unit, proc.stdout, proc.stderr)
+
+
+def test_restore_unit_passes_systemd_analyze_verify(tmp_path, collections_path):
+    """The unit as the role renders it, ExecStart pointing at files/bpfctl (executable)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is missing (package systemd): the unit cannot be verified here")
+    role = pathlib.Path(__file__).resolve().parents[2] / "roles" / "bpfd_host"
+    bpfctl = pathlib.Path(__file__).resolve().parents[2] / "files" / "bpfctl"
+    import jinja2
+    text = jinja2.Template((role / "templates" / "bpfd-restore.service.j2").read_text()).render(
+        ansible_managed="test", _bpfd_host_bpffs_root="/sys/fs/bpf", _bpfd_host_store_dir="/var/lib/bpfd",
+        _bpfd_host_cli_path=str(bpfctl))
+    unit = tmp_path / "bpfd-restore.service"
+    unit.write_text(text)
+    _verify_unit(unit)
+    broken = tmp_path / "broken.service"
+    broken.write_text(text.replace("ExecStart=%s" % bpfctl, "ExecStart=/nonexistent/bpfctl"))
+    proc = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "/nonexistent/bpfctl" in proc.stderr  # verify does check
 
 
 # --- absent -------------------------------------------------------------------------
@@ -208,8 +289,8 @@ def _why_absent_is_unsafe() -> str | None:
         state = json.loads(state_file.read_text() or "{}")
         if state.get("programs") or state.get("hooks"):
             return "%s records programs or hooks" % state_file
-    if CONFIG_DIR.exists() and any(CONFIG_DIR.iterdir()):
-        return "%s is not empty" % CONFIG_DIR
+    if CONFIG_DIR.exists() and any(p.name != "bpfctl.json" for p in CONFIG_DIR.iterdir()):
+        return "%s holds files that are not ours" % CONFIG_DIR
     try:
         if grp.getgrnam(GROUP).gr_mem:
             return "group %s has members" % GROUP
@@ -236,8 +317,9 @@ def test_absent_then_present_again(run_role):
                 pytest.skip("programs were loaded meanwhile; absent refused and removed nothing")
             _assert_ok(absent)
             assert absent.changed > 0
-            for path in (BPFFS_DIR, RUN_DIR, CONFIG_DIR):
+            for path in (BPFFS_DIR, RUN_DIR, CONFIG_DIR, CLI, CLI_LIB, UNIT, TMPFILES):
                 assert not path.exists(), path
+            assert not FSTAB.exists() or FSTAB_BEGIN not in FSTAB.read_text()
             assert STORE_DIR.exists() == keep_store
             with pytest.raises(KeyError):
                 grp.getgrnam(GROUP)
@@ -258,47 +340,142 @@ def test_absent_then_present_again(run_role):
         _assert_ok(restored)
         assert restored.changed > 0
         _assert_layout()
+        _assert_installed(CLI, CLI_LIB, UNIT, TMPFILES, CONFIG_DIR / "bpfctl.json", FSTAB)
 
 
-def test_absent_refuses_while_programs_are_managed(run_role, tmp_path):
-    """In a sandbox tree: a pin or a recorded program blocks absent, which then changes nothing."""
-    root = tmp_path / "host"
+@pytest.fixture
+def sandbox():
+    """The role's private paths in a temporary tree (bpffs: /sys/fs/bpf/bpfd-test-<rand>),
+    and the environment that points module_utils' Layout at it."""
+    tag = uuid.uuid4().hex[:6]
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bpfd-role-", dir="/tmp"))
+    (root / "fstab").write_text("# sandbox fstab\nproc /proc proc defaults 0 0\n")
     paths = {
-        "_bpfd_host_bpffs_dir": root / "bpffs" / "bpfd",
-        "_bpfd_host_run_dir": root / "run" / "bpfd",
-        "_bpfd_host_store_dir": root / "lib" / "bpfd",
-        "_bpfd_host_config_dir": root / "etc" / "bpfd",
+        "_bpfd_host_bpffs_dir": "/sys/fs/bpf/bpfd-test-%s" % tag,
+        "_bpfd_host_run_dir": str(root / "run" / "bpfd"),
+        "_bpfd_host_store_dir": str(root / "lib" / "bpfd"),
+        "_bpfd_host_config_dir": str(root / "etc" / "bpfd"),
+        "_bpfd_host_cli_path": str(root / "bin" / "bpfctl"),
+        "_bpfd_host_lib_dir": str(root / "lib" / "bpfd-core"),
+        "_bpfd_host_unit_dir": str(root / "systemd"),
+        "_bpfd_host_tmpfiles_file": str(root / "tmpfiles.d" / "bpfd.conf"),
+        "_bpfd_host_fstab": str(root / "fstab"),
     }
-    for path in paths.values():
-        path.mkdir(parents=True)
-    sandbox = {k: str(v) for k, v in paths.items()}
-    sandbox.update(bpfd_host_state="absent", bpfd_host_remove_group=False)
-    run_dir = paths["_bpfd_host_run_dir"]
-    (run_dir / "lock").touch()
-    state_file = run_dir / "state.json"
+    env = {"BPFD_BPFFS_DIR": paths["_bpfd_host_bpffs_dir"], "BPFD_RUN_DIR": paths["_bpfd_host_run_dir"],
+           "BPFD_LIB_DIR": paths["_bpfd_host_store_dir"], "BPFD_CONFIG_DIR": paths["_bpfd_host_config_dir"]}
+    box = {"root": root, "tag": tag, "vars": dict(paths, bpfd_host_remove_group=False), "env": env,
+           "paths": {k: pathlib.Path(v) for k, v in paths.items()}, "veths": []}
+    try:
+        yield box
+    finally:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            from ansible_collections.bpfd.core.plugins.module_utils import _restore
+            from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
+            with contextlib.suppress(Exception):
+                _restore.unload_all(Layout())
+            detach_and_unpin(Layout())
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        for pair in box["veths"]:
+            pair.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
-    # A pinned object.
-    pin = paths["_bpfd_host_bpffs_dir"] / "programs" / "web" / "prog"
-    pin.parent.mkdir(parents=True)
-    pin.touch()
-    state_file.write_text(json.dumps({"version": 1, "programs": {}, "hooks": {}}))
-    refused = run_role(sandbox)
-    assert refused.rc != 0 and refused.failed == 1, refused.output
-    assert "still has 1 bpfd.core object(s)" in refused.output and str(pin) in refused.output
-    assert "Nothing was removed" in refused.output
-    assert refused.changed == 0
-    assert all(path.exists() for path in paths.values()) and pin.exists()
 
-    # A program recorded in the run-time state, no pin.
-    pin.unlink()
-    state_file.write_text(json.dumps({"version": 1, "programs": {"web": {}}, "hooks": {}}))
-    refused = run_role(sandbox)
-    assert refused.failed == 1 and "program web" in refused.output, refused.output
-    assert all(path.exists() for path in paths.values())
+def test_sandbox_restore_with_the_installed_cli_then_absent_unloads_everything(run_role, sandbox, bpf_objects,
+                                                                              monkeypatch):
+    """present installs the CLI; it restores programs after a simulated reboot; absent
+    (check mode first) unloads them all, leaves a foreign program alone, keeps the store
+    when asked, and removes everything else; a second absent changes nothing."""
+    kernel_ready()
+    p = sandbox["paths"]
+    _assert_ok(run_role(dict(sandbox["vars"], bpfd_host_restore_wait=3)))
+    _assert_installed(p["_bpfd_host_cli_path"], p["_bpfd_host_lib_dir"],
+                      p["_bpfd_host_unit_dir"] / "bpfd-restore.service", p["_bpfd_host_tmpfiles_file"],
+                      p["_bpfd_host_config_dir"] / "bpfctl.json", p["_bpfd_host_fstab"],
+                      run_dir=p["_bpfd_host_run_dir"])
+    assert json.loads((p["_bpfd_host_config_dir"] / "bpfctl.json").read_text())["restore_wait_seconds"] == 3
 
-    # Nothing managed: empty state and the lock file are removed with the layout.
-    state_file.write_text(json.dumps({"version": 1, "programs": {}, "hooks": {}}))
-    removed = run_role(sandbox)
-    _assert_ok(removed)
-    assert removed.changed > 0
-    assert not any(path.exists() for path in paths.values())
+    # Programs in the sandbox layout, through the Manager.
+    for key, value in sandbox["env"].items():
+        monkeypatch.setenv(key, value)
+    from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
+    from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
+    veth = Veth(240)
+    veth.create()
+    sandbox["veths"].append(veth)
+    tag = sandbox["tag"]
+    Manager().chain("xdp", veth.name, [
+        ProgramSpec(name="%s-a" % tag, kind="xdp", path=bpf_objects["xdp_count_pass"], interface=veth.name, priority=1),
+        ProgramSpec(name="%s-b" % tag, kind="xdp", path=bpf_objects["xdp_pass"], interface=veth.name, priority=2)])
+    Manager().present(ProgramSpec(name="%s-t" % tag, kind="tc", path=bpf_objects["tc_pass"], interface=veth.name,
+                                  direction="egress", priority=5))
+    names = sorted("%s-%s" % (tag, n) for n in "abt")
+
+    # A simulated reboot, then the installed CLI (its own interpreter and module_utils tree).
+    detach_and_unpin(Layout())
+    env = {k: v for k, v in os.environ.items() if k != "BPFD_CORE_LIB"}
+    proc = subprocess.run([str(p["_bpfd_host_cli_path"]), "--json", "restore"], capture_output=True, text=True,
+                          env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(proc.stdout)["restored"]) == names
+    ids = [prog["id"] for prog in Manager().list()["programs"]]
+    assert len(ids) == 3 and len(_xdp_on(veth.name)) == 1
+
+    foreign_pin = "/sys/fs/bpf/bpfd_test_foreign_%s" % tag
+    subprocess.run(["bpftool", "prog", "load", bpf_objects["xdp_pass"], foreign_pin], check=True)
+    try:
+        foreign_id = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "pinned", foreign_pin],
+                                               capture_output=True, text=True, check=True).stdout)["id"]
+        absent = dict(sandbox["vars"], bpfd_host_state="absent", bpfd_host_keep_store=True)
+        check = run_role(absent, check=True)
+        _assert_ok(check)
+        assert check.changed > 0 and "Would unload" in check.output
+        assert sorted(prog["id"] for prog in Manager().list()["programs"]) == sorted(ids)
+        assert p["_bpfd_host_cli_path"].exists()
+
+        removed = run_role(absent)
+        _assert_ok(removed)
+        assert removed.changed > 0
+        for prog_id in ids:
+            assert _gone(prog_id), "program %d is still loaded" % prog_id
+        assert _xdp_on(veth.name) == []
+        tcx = json.loads(subprocess.run(["bpftool", "-j", "net", "show", "dev", veth.name], capture_output=True,
+                                        text=True, check=True).stdout or "[{}]")[0].get("tc", [])
+        assert tcx == []
+        assert not pathlib.Path(sandbox["env"]["BPFD_BPFFS_DIR"]).exists()
+        for key in ("_bpfd_host_run_dir", "_bpfd_host_config_dir", "_bpfd_host_cli_path", "_bpfd_host_lib_dir",
+                    "_bpfd_host_tmpfiles_file"):
+            assert not p[key].exists(), p[key]
+        assert not (p["_bpfd_host_unit_dir"] / "bpfd-restore.service").exists()
+        assert FSTAB_BEGIN not in p["_bpfd_host_fstab"].read_text()
+        declared = json.loads((p["_bpfd_host_store_dir"] / "declared.json").read_text())["programs"]
+        assert sorted(declared) == names  # bpfd_host_keep_store: what a later restore brings back
+        assert subprocess.run(["bpftool", "prog", "show", "id", str(foreign_id)], capture_output=True,
+                              check=False).returncode == 0  # not ours: untouched
+
+        again = run_role(absent)
+        _assert_ok(again)
+        assert again.changed == 0, again.output
+    finally:
+        os.unlink(foreign_pin)
+
+
+def _xdp_on(ifname: str) -> list:
+    out = subprocess.run(["bpftool", "-j", "net", "show", "dev", ifname], capture_output=True, text=True, check=True)
+    return (json.loads(out.stdout or "[{}]") or [{}])[0].get("xdp", [])
+
+
+def _gone(prog_id: int, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True,
+                         check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -703,6 +703,12 @@ def consistency(host: Host, objects: Objects, veths: list, wait: float = 3.0) ->
             except ValueError as exc:
                 problems.append("%s does not parse: %s" % (path, exc))
     state = host.state()
+    declared_path = os.path.join(host.layout.lib_dir, "declared.json")
+    if os.path.exists(declared_path) and not problems:
+        declared = json.loads(pathlib.Path(declared_path).read_text()).get("programs", {})
+        if {n: d.get("sha256") for n, d in declared.items()} != {n: r["sha256"] for n, r in state["programs"].items()}:
+            problems.append("declared.json (%s) does not match the state (%s)"
+                            % (sorted(declared), sorted(state["programs"])))
     want = recorded_objects(state, objects)
     have = {}
 
