@@ -5,7 +5,7 @@
 # Ends with one line "N passed, N failed, N skipped" and exits with pytest's status;
 # "no tests collected" (pytest status 5) counts as a failure.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 venv=${BPFD_VENV:-/opt/bpfd-venv}
 python="$venv/bin/python"

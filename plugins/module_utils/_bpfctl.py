@@ -83,9 +83,10 @@ def _cell(value) -> str:
 
 
 def format_list(programs: list) -> str:
-    """bpfctl list: the tutorial's columns (ID, name, type, load time) + attach point, position."""
+    """bpfctl list: the tutorial's columns (ID, name, type, load time) + attach point, position;
+    by kernel id, as bpfctl lists them."""
     rows = [LIST_HEADERS]
-    for facts in programs:
+    for facts in sorted(programs, key=lambda f: (f.get("id") is None, f.get("id") or 0, f.get("name") or "")):
         unmanaged = facts.get("managed") is False
         rows.append((
             _cell(facts.get("id")),
@@ -180,12 +181,12 @@ def format_restore(result: dict) -> str:
 def format_unload_all(result: dict, check_mode: bool) -> str:
     verb = "would unload" if check_mode else "unloaded"
     out = ["%s %d program(s)" % (verb, len(result["unloaded"]))]
-    out += ["  %s (id %s, %s%s)" % (p["name"], p["id"], p["type"],
-                                   " on %s" % p["interface"] if p.get("interface") else "")
-            for p in result["unloaded"]]
+    for prog in result["unloaded"]:
+        where = " on %s" % prog["interface"] if prog.get("interface") else ""
+        out.append("  %s (id %s, %s%s)" % (prog["name"], prog["id"], prog["type"], where))
     if result["removed_pins"]:
-        out.append("%s %d leftover pin(s) of ours" % ("would remove" if check_mode else "removed",
-                                                     len(result["removed_pins"])))
+        verb = "would remove" if check_mode else "removed"
+        out.append("%s %d leftover pin(s) of ours" % (verb, len(result["removed_pins"])))
     if result["forgotten"]:
         out.append("%s the declaration of %s (a reboot brings nothing back)"
                    % ("would forget" if check_mode else "forgot", ", ".join(result["forgotten"])))

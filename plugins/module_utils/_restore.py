@@ -35,7 +35,7 @@ from ansible_collections.bpfd.core.plugins.module_utils import _netlink
 from ansible_collections.bpfd.core.plugins.module_utils._attach_link import LinkAttachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._loader import check_object_file, file_sha256
-from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
+from ansible_collections.bpfd.core.plugins.module_utils._manager import LONG_LOCK_WAIT, Manager, ProgramSpec
 from ansible_collections.bpfd.core.plugins.module_utils._state import (
     Layout, StateStore, ensure_bpffs, read_state, remove_pin, remove_pin_tree,
 )
@@ -264,6 +264,9 @@ class _DeclarationKeeper(Manager):
         store = StateStore(self.layout)
         with store.locked():
             notes = self._reconcile(store, dry=check_mode)
+            if store.lock_wait_seconds >= LONG_LOCK_WAIT:
+                notes.append("waited %.1f s for another bpfd.core run to release the host lock"
+                             % store.lock_wait_seconds)
             yield store, notes
             if not check_mode:
                 store.save()

@@ -84,8 +84,8 @@ programs:
       their attach point instead of chain facts (C(tracepoint); C(function), C(offset), C(retprobe);
       C(target), C(pid)) and the C(link_id) of their own bpf_link, as their modules return them.
     - Unmanaged kernel programs (O(all=true)) carry only kernel facts, C(managed=false), and
-      C(owner=bpfd.core dispatcher) for our dispatchers. Their O(type) is the kernel's program type:
-      V(uprobe) finds kprobe programs, V(fentry) and V(fexit) tracing ones, V(tc) sched_cls ones.
+      C(owner=bpfd.core dispatcher) for our dispatchers. O(type) matches them by the kernel's program
+      type, so V(uprobe) finds kprobe programs, V(fentry) and V(fexit) tracing ones, V(tc) sched_cls ones.
   returned: always
   type: list
   elements: dict

@@ -582,7 +582,7 @@ def scenario(size: int, forks: int, keep: bool = False, collections_path: str | 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--forks", type=int, default=10)
     parser.add_argument("--batch", type=int, help="hosts per batch after the canary (default hosts/4)")

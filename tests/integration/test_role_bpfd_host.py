@@ -40,7 +40,7 @@ import uuid
 import pytest
 
 from conftest import Veth, kernel_ready
-from test_restore import detach_and_unpin
+from test_host_restore import detach_and_unpin
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
 
@@ -120,7 +120,7 @@ def run_role(tmp_path, collections_path):
             cmd += ["-e", json.dumps(extra_vars)]
         if check:
             cmd.append("--check")
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, check=False,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
         return PlaybookRun(proc)
 
@@ -387,8 +387,8 @@ def sandbox():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_sandbox_restore_with_the_installed_cli_then_absent_unloads_everything(run_role, sandbox, bpf_objects,
-                                                                              monkeypatch):
+def test_sandbox_restore_with_the_installed_cli_then_absent_unloads_everything(
+        run_role, sandbox, bpf_objects, monkeypatch):
     """present installs the CLI; it restores programs after a simulated reboot; absent
     (check mode first) unloads them all, leaves a foreign program alone, keeps the store
     when asked, and removes everything else; a second absent changes nothing."""

@@ -1081,10 +1081,13 @@ def crash_consistency(objects: Objects, kills: int, workdir: pathlib.Path, seed:
             if stable.get("changed") or stable.get("reconciled") or stable.get("failed"):
                 found.append("a third run still changed something: changed=%s reconciled=%s %s"
                              % (stable.get("changed"), stable.get("reconciled"), stable.get("msg", "")))
-            converged += not found
             # A leftover that stays is reported at the kill that made it, not at every later one.
-            fig.problems += ["%s: %s" % (where, p) for p in found if p not in reported]
+            new = [p for p in found if p not in reported]
+            converged += not new
+            fig.problems += ["%s: %s" % (where, p) for p in new]
             reported.update(found)
+            if not removing and name not in host.state()["programs"]:
+                declared.pop(name)  # it never came: later kills start from what the host holds
         pings = [stop_ping(p) for p in pingers]
         pingers = []
         fig.numbers.update({
@@ -1092,6 +1095,7 @@ def crash_consistency(objects: Objects, kills: int, workdir: pathlib.Path, seed:
                                                      ", ".join("%s %d" % kv for kv in sorted(killed_at.items()))),
             "next run converged": "%d of %d (state = declaration, no leak, a third run a no-op)"
                                   % (converged, kills),
+            "distinct problems": len(reported),
             "reconcile notes on next runs": notes,
             "after a kill, traffic met": ", ".join("%s %d" % kv for kv in states_seen.items()),
             "ping across (sent/answered)": ", ".join("%d/%d" % p for p in pings),
@@ -1296,12 +1300,13 @@ def vanishing(objects: Objects, _size: int, workdir: pathlib.Path) -> Figure:
             if still:
                 problems.append("programs still loaded: %s" % sorted(still))
             problems += consistency(host, objects, live)
-            rows[case] = "%s; %d note(s)%s" % ("reported" if not missing else "NOT reported", len(notes),
-                                              "; OK" if not problems else "; %d problem(s)" % len(problems))
-            fig.details.extend("%s: %s" % (case, n) for n in notes)
             # a leftover that stays is reported at the case that made it
-            fig.problems.extend("%s: %s" % (case, p) for p in problems if p not in reported)
+            new = [p for p in problems if p not in reported]
             reported.update(problems)
+            rows[case] = "%s; %d note(s)%s" % ("reported" if not missing else "NOT reported", len(notes),
+                                              "; OK" if not new else "; %d problem(s)" % len(new))
+            fig.details.extend("%s: %s" % (case, n) for n in notes)
+            fig.problems.extend("%s: %s" % (case, p) for p in new)
             return result
 
         load(survivor)
@@ -1459,8 +1464,8 @@ def _bad_cases(objects: Objects, x: Veth, y: Veth, z: Veth, names: dict) -> list
         ("foreign xdp program", "present", xdp(interface=z.name), ("did not attach",)),
         ("foreign tcx link", "present", tc(z.name, "ingress", mode="tcx"), ("did not attach",)),
         ("foreign cls_bpf filter", "present", tc(z.name, "egress", mode="cls_bpf"), ("did not add",)),
-        ("tcx beside a foreign cls_bpf filter", "present", tc(z.name, "egress", mode="tcx"), ("did not add",)),
-        ("cls_bpf behind a foreign tcx link", "present", tc(z.name, "ingress", mode="cls_bpf"), ("did not attach",)),
+        ("tcx beside a foreign cls_bpf filter", "present", tc(z.name, "egress", mode="tcx"), ("pref 5",)),
+        ("cls_bpf behind a foreign tcx link", "present", tc(z.name, "ingress", mode="cls_bpf"), ("link_id",)),
         ("plain ingress qdisc", "present", tc(y.name, "ingress", mode="cls_bpf"), ("plain 'ingress' qdisc",)),
         # maps
         ("map_owner missing", "present", xdp(path=objects["count"], map_owner=x.name + "-nobody"),
@@ -1508,6 +1513,47 @@ def _bad_cases(objects: Objects, x: Veth, y: Veth, z: Veth, names: dict) -> list
         ("chain: one bad member", "chain", dict(chain, specs=[xdp(name=x.name + "-n1"), xdp(path=objects["unsafe"])]),
          ("kernel refused", "packet")),
     ]
+
+
+def _controls(host: Host, objects: Objects, x: Veth, fig: Figure) -> str:
+    """Valid inputs right next to error cases: a refusal must not be wider than its case."""
+    from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
+    from ansible_collections.bpfd.core.plugins.module_utils import _netlink
+    tag = os.urandom(3).hex()
+    spaces = ["bpfd-rel-a" + tag, "bpfd-rel-b" + tag]
+    pin = "/sys/fs/bpf/bpfd-rel-fp-" + tag
+    held, ok, controls = [], 0, 0
+    try:
+        for ns in spaces:  # an interface created inside each namespace: the same ifindex in both
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "add", "e0", "type", "veth", "peer", "name", "e1")
+            sh("ip", "-n", ns, "link", "set", "e0", "up")
+        sh("bpftool", "prog", "load", objects["tc_pass"], pin, "type", "classifier")
+        with _netlink.in_netns("/run/netns/" + spaces[0]):
+            with libbpf.owned_fd(libbpf.obj_get(pin)) as fd:
+                held.append(libbpf.link_create(fd, _netlink.interface_index("e0"), libbpf.ATTACH_TCX_INGRESS))
+        longest = x.name + "-" + "y" * (62 - len(x.name))
+        for case, kwargs in (
+                ("name of 63 characters", spec(longest, objects["pass"], x.name, 900)),
+                ("tcx in a netns whose ifindex has a tcx link in another netns",
+                 spec(x.name + "-ns", objects["tc_count"], "e0", 10, kind="tc", direction="ingress", mode="tcx",
+                      netns="/run/netns/" + spaces[1]))):
+            controls += 1
+            result = _attempt(host.layout, "present", kwargs)
+            fig.details.append("%-36s %s" % ("(valid) " + case, result.get("msg") or "accepted"))
+            if result.get("failed"):
+                fig.problem("valid input refused: %s: %s" % (case, result.get("msg")))
+            else:
+                ok += 1
+                host.manager().absent(name=kwargs["name"])
+    finally:
+        for fd in held:
+            libbpf.close_fd(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(pin)
+        for ns in spaces:
+            sh("ip", "netns", "del", ns, check=False)
+    return "%d of %d" % (ok, controls)
 
 
 def bad_input(objects: Objects, _size: int, workdir: pathlib.Path) -> Figure:
@@ -1580,12 +1626,14 @@ def bad_input(objects: Objects, _size: int, workdir: pathlib.Path) -> Figure:
                     _attempt(host.layout, "present", setup_specs[name])
                 now, fds_now = host_snapshot(host, objects, devices), own_fds()
             previous, fds = now, fds_now
+        accepted = _controls(host, objects, x, fig)
         fig.numbers.update({
             "error cases": len(cases),
             "clear message, no traceback": "%d of %d" % (clean, len(cases)),
             "host byte-identical after": "%d of %d" % (identical, len(cases)),
             "compared": "bpftool net (4 devices), our progs/maps/dispatchers/links, tc qdiscs+filters, "
                         "pin tree (inodes), state + declared + bytecode files, this process's fds",
+            "valid inputs next to them accepted": accepted,
         })
         fig.problems += consistency(host, objects, [x, y])
         return fig

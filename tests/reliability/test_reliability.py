@@ -12,11 +12,36 @@ hold, never a flaky reading (losses and leaks are attributed before they count).
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 import scenarios
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
+
+
+@pytest.fixture(scope="module")
+def size() -> dict:
+    return scenarios.sizes()
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory) -> scenarios.Objects:
+    """The fixtures of tests/fixtures/bpf and ours, with names unique to this session."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (loads BPF programs, creates veth pairs and namespaces)")
+    for tool in ("bpftool", "ip", "tc", "ping", "mount"):
+        if shutil.which(tool) is None:
+            pytest.skip("needs %s" % tool)
+    scenarios.collection_root()
+    try:
+        return scenarios.build_objects(tmp_path_factory.mktemp("reliability-objects"))
+    except Exception as exc:  # noqa: BLE001 - clang missing is a skip, anything else an error
+        if type(exc).__name__ == "ClangNotFoundError":
+            pytest.skip(str(exc))
+        raise
 
 
 def check(figure: scenarios.Figure) -> None:

@@ -94,10 +94,10 @@ def test_list_has_the_tutorial_columns_plus_attach_point_and_position():
     ]
     assert _bpfctl.format_list(programs) == (
         " Program ID  Name           Type     Load Time                 Attach Point  Position\n"
-        " 6215        pass           xdp      2023-07-17T17:52:46-0400  vethff657c7   0\n"
-        " 6213        pass           xdp      2023-07-17T17:48:10-0400  vethff657c7   1\n"
+        " 3           hid_tail_call  tracing  2023-07-17T17:00:00-0400  -             -\n"
         " 12          egress         tc       -                         eth1 egress   0\n"
-        " 3           hid_tail_call  tracing  2023-07-17T17:00:00-0400  -             -\n")
+        " 6213        pass           xdp      2023-07-17T17:48:10-0400  vethff657c7   1\n"
+        " 6215        pass           xdp      2023-07-17T17:52:46-0400  vethff657c7   0\n")
 
 
 def test_empty_list_is_the_header():

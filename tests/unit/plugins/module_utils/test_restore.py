@@ -52,7 +52,7 @@ def test_one_call_per_hook_programs_in_chain_order():
 
 def test_hooks_are_keyed_by_namespace_too():
     declared = {"root": xdp("eth0", 1), "inside": xdp("eth0", 1, netns="/run/netns/blue")}
-    steps, _ = plan(declared)
+    steps = plan(declared)[0]
     assert calls(steps) == [("xdp eth0", ["root"]), ("xdp eth0 (netns /run/netns/blue)", ["inside"])]
     assert hook_of("inside", declared["inside"]) == Hook("xdp", "eth0", None, "/run/netns/blue")
 
@@ -61,7 +61,7 @@ def test_programs_without_a_dispatcher_are_one_call_each():
     declared = {"t2": {"kind": "tracepoint", "attach": {"tracepoint": "syscalls/sys_enter_openat"}},
                 "t1": {"kind": "tracepoint", "attach": {"tracepoint": "syscalls/sys_enter_read"}},
                 "x": xdp("eth0", 1)}
-    steps, _ = plan(declared)
+    steps = plan(declared)[0]
     assert calls(steps) == [("xdp eth0", ["x"]), ("tracepoint t1", ["t1"]), ("tracepoint t2", ["t2"])]
 
 
@@ -76,13 +76,13 @@ def test_owner_on_another_hook_is_restored_first_without_splitting():
 
 def test_owner_and_user_on_one_hook_take_two_calls():
     declared = {"owner": xdp("eth0", 10), "user": xdp("eth0", 5, owner="owner"), "plain": xdp("eth0", 20)}
-    steps, _ = plan(declared)
+    steps = plan(declared)[0]
     assert calls(steps) == [("xdp eth0", ["owner", "plain"]), ("xdp eth0", ["user"])]
 
 
 def test_live_owner_needs_no_split():
     declared = {"owner": xdp("eth0", 10), "user": xdp("eth0", 5, owner="owner")}
-    steps, _ = plan(declared, live={"owner"})
+    steps = plan(declared, live={"owner"})[0]
     assert calls(steps) == [("xdp eth0", ["user", "owner"])]
 
 
@@ -194,3 +194,34 @@ def test_a_program_without_its_bytecode_fails_alone(monkeypatch):
 
 def test_step_is_a_value():
     assert Step(Hook("xdp", "eth0"), ("a",)) == Step(Hook("xdp", "eth0"), ("a",))
+
+
+def test_restore_waits_for_pending_interfaces_then_reports_the_union(tmp_path, monkeypatch):
+    from ansible_collections.bpfd.core.plugins.module_utils._state import Layout, write_json_atomic
+    layout = Layout(bpffs=str(tmp_path / "bpffs"), run_dir=str(tmp_path / "run"), lib_dir=str(tmp_path / "lib"))
+    write_json_atomic(str(tmp_path / "lib" / "declared.json"),
+                      {"version": 1, "programs": {"a": xdp("eth0", 1), "b": xdp("late0", 1)}})
+    runs = iter([
+        {"changed": True, "restored": ["a"], "unchanged": [], "failed": [], "steps": [],
+         "pending": [{"name": "b", "reason": "interface late0 does not exist"}]},
+        {"changed": False, "restored": [], "unchanged": ["a"], "failed": [], "steps": [],
+         "pending": [{"name": "b", "reason": "interface late0 does not exist"}]},
+        {"changed": True, "restored": ["b"], "unchanged": ["a"], "failed": [], "steps": [], "pending": []},
+    ])
+    monkeypatch.setattr(_restore, "execute", lambda *args, **kwargs: next(runs))
+    result = _restore.restore(layout, wait=5, poll=0.01)
+    assert (result["restored"], result["unchanged"], result["pending"]) == (["a", "b"], [], [])
+    assert result["changed"] is True and result["declared"] == 2
+
+
+def test_restore_without_wait_reports_pending_at_once(tmp_path, monkeypatch):
+    from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
+    layout = Layout(bpffs=str(tmp_path / "bpffs"), run_dir=str(tmp_path / "run"), lib_dir=str(tmp_path / "lib"))
+    calls = []
+
+    def execute(*args, **kwargs):
+        calls.append(1)
+        return {"changed": False, "restored": [], "unchanged": [], "failed": [], "steps": [],
+                "pending": [{"name": "b", "reason": "missing"}]}
+    monkeypatch.setattr(_restore, "execute", execute)
+    assert _restore.restore(layout)["pending"] == [{"name": "b", "reason": "missing"}] and calls == [1]
