@@ -52,12 +52,22 @@ def read(layout: Layout) -> dict:
         return declaration({})
 
 
-def write(layout: Layout, programs: dict) -> None:
-    """Record the declaration when it changed; drop bytecode nobody declares."""
-    wanted = declaration(programs)
+def write(layout: Layout, programs: dict, already_declared: bool = False) -> None:
+    """Record the declaration (from records, or declared entries) when it changed;
+    drop bytecode nobody declares."""
+    wanted = {"version": DECLARED_VERSION, "programs": programs} if already_declared else declaration(programs)
     if read(layout) != wanted:
         write_json_atomic(declared_file(layout), wanted)
     used = {"%s.o" % p["sha256"] for p in wanted["programs"].values()}
     for entry in os.listdir(layout.bytecode_dir) if os.path.isdir(layout.bytecode_dir) else []:
         if entry.endswith(".o") and entry not in used:
             os.unlink(os.path.join(layout.bytecode_dir, entry))
+
+
+def update(layout: Layout, changes: dict) -> None:
+    """Declare (record) or forget (None) the named programs; keep all others."""
+    current = read(layout).get("programs", {})
+    programs = {name: entry for name, entry in current.items() if name not in changes}
+    programs.update({name: {k: record.get(k) for k in DECLARED_FIELDS}
+                     for name, record in changes.items() if record is not None})
+    write(layout, programs, already_declared=True)

@@ -7,6 +7,7 @@ through libbpf, and keep what a later rebuild of a dispatcher needs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -127,10 +128,11 @@ def reuse_maps(obj: libbpf.BpfObject, pins: dict, strict: bool) -> list:
                         % (obj.path, ", ".join(sorted(pins)),
                            ", ".join(sorted(m.name for m in obj.maps() if not m.is_internal)) or "no maps"))
     for bpf_map in obj.maps():
-        pin = pins.get(bpf_map.name)
-        if bpf_map.is_internal or pin is None or not os.path.exists(pin):
+        pin = pins.get(bpf_map.name)  # a pin path, or the fd of a map loaded in this run
+        if bpf_map.is_internal or pin is None or (isinstance(pin, str) and not os.path.exists(pin)):
             continue
-        with libbpf.owned_fd(libbpf.obj_get(pin)) as fd:
+        with contextlib.ExitStack() as stack:
+            fd = pin if isinstance(pin, int) else stack.enter_context(libbpf.owned_fd(libbpf.obj_get(pin)))
             have = libbpf.map_info(fd)
             want = bpf_map.definition()
             if all(have[key] == want[key] for key in want):
@@ -140,7 +142,7 @@ def reuse_maps(obj: libbpf.BpfObject, pins: dict, strict: bool) -> list:
                            for k in want if have[k] != want[k])
         if strict:
             raise BpfdError("map %s of %s cannot share the existing map at %s: %s"
-                            % (bpf_map.name, obj.path, pin, differ))
+                            % (bpf_map.name, obj.path, pin if isinstance(pin, str) else "its owner", differ))
         notes.append("map %s changed its definition (%s); a new, empty map replaces it" % (bpf_map.name, differ))
     return notes
 

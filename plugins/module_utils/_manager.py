@@ -62,6 +62,7 @@ class ProgramSpec:
     netns: str | None = None
     image: dict | None = None
     attach: dict | None = None  # tracing kinds: where to attach (tracepoint, function, target, ...)
+    bytecode: str | None = None  # the file to load when it is not `path` (restore: the store's copy)
 
 
 def hook_key(kind: str, ifindex: int, direction: str | None = None, netns: str | None = None) -> str:
@@ -124,8 +125,13 @@ class _InNetns:
 
 
 class Manager:
-    def __init__(self, layout: Layout | None = None) -> None:
+    """`record_declaration=False`: runs change what runs, never what is declared
+    (restore, and unload-all that keeps the declaration for the next boot)."""
+
+    def __init__(self, layout: Layout | None = None, record_declaration: bool = True) -> None:
         self.layout = layout or Layout()
+        self.record_declaration = record_declaration
+        self._declare: dict = {}
 
     # --- public operations ------------------------------------------------
 
@@ -157,12 +163,14 @@ class Manager:
         with self._session(check_mode) as (store, notes):
             programs = dict(store.programs)
             steps, changes, affected = [], {}, [] if whole_chain is None else [whole_chain]
+            # owners before the programs that share their maps
+            plans.sort(key=lambda plan: plan[0].map_owner in names)
             for spec, proceed_on, sha256, ifindex, key in plans:
                 old = store.programs.get(spec.name)
                 if old is not None and old["kind"] != spec.kind:
                     raise BpfdError("%s %s program named %s already exists; names are unique per host"
                                     % ("an" if old["kind"][0] in "aeiox" else "a", old["kind"], spec.name))
-                self._check_map_owner(store, spec)
+                self._check_map_owner(programs, spec)
                 new = self._record(spec, proceed_on, sha256, ifindex, key, old)
                 reload = old is None or old["sha256"] != sha256 or old.get("attach") != new.get("attach") or (
                     spec.function is not None and spec.function != old["bpf_function_name"]) or (
@@ -192,6 +200,8 @@ class Manager:
                 return self._converged(predicted, specs, whole_chain, True, before,
                                        self._chains(predicted, affected), notes, changes, sorted(removed))
             warnings = self._apply(store, programs, steps, removed, affected, modes)
+            self._declare.update({spec.name: programs[spec.name] for spec in specs})
+            self._declare.update({name: None for name in removed})
             result = self._converged(store, specs, whole_chain, True, before, self._chains(store, affected),
                                      notes, changes, sorted(removed))
             if warnings:
@@ -200,18 +210,19 @@ class Manager:
 
     def _plan(self, spec: ProgramSpec) -> tuple:
         """Everything about one spec that needs no lock: validation, file, interface."""
+        source = spec.bytecode or spec.path
         if spec.kind in _attach_trace.KINDS:
             self._validate_name(spec.name)
-            _loader.check_object_file(spec.path)
+            _loader.check_object_file(source)
             _attach_trace.check_spec(spec.kind, spec.attach or {})
             _attach_trace.probe_kernel(spec.kind, spec.attach or {})
-            return spec, [], _loader.file_sha256(spec.path), None, None
+            return spec, [], _loader.file_sha256(source), None, None
         proceed_on = self._validate(spec)
-        _loader.check_object_file(spec.path)
+        _loader.check_object_file(source)
         with _netlink.in_netns(spec.netns):
             ifindex = _netlink.interface_index(spec.interface)
         key = hook_key(spec.kind, ifindex, spec.direction, spec.netns)
-        return spec, proceed_on, _loader.file_sha256(spec.path), ifindex, key
+        return spec, proceed_on, _loader.file_sha256(source), ifindex, key
 
     def _converged(self, store: StateStore, specs: list, whole_chain: str | None, changed: bool,
                    before: dict, after: dict, notes: list, changes: dict, removed: list) -> dict:
@@ -237,6 +248,7 @@ class Manager:
             before = self._chains(store, [record["hook"]])
             if not check_mode:
                 self._remove(store, name)
+                self._declare[name] = None
             after_store = store if not check_mode else self._without(store, name)
             result = self._result(after_store, None, True, before,
                                   self._chains(after_store, [record["hook"]]), notes)
@@ -267,6 +279,7 @@ class Manager:
         if not check_mode:
             ensure_bpffs(self.layout)
         store = StateStore(self.layout)
+        self._declare = {}
         with store.locked():
             notes = self._reconcile(store, dry=check_mode)
             if store.lock_wait_seconds >= LONG_LOCK_WAIT:
@@ -275,7 +288,10 @@ class Manager:
             yield store, notes
             if not check_mode:
                 store.save()
-                _declared.write(self.layout, store.programs)
+                if self.record_declaration and self._declare:
+                    # Only what this run named: programs a reconcile dropped (an interface
+                    # not back yet after a reboot) stay declared for the next restore.
+                    _declared.update(self.layout, self._declare)
 
     # --- planning -----------------------------------------------------------
 
@@ -335,18 +351,20 @@ class Manager:
                 changes.append(key)
         return changes
 
-    def _check_map_owner(self, store: StateStore, spec: ProgramSpec) -> None:
+    @staticmethod
+    def _check_map_owner(programs: dict, spec: ProgramSpec) -> None:
+        """The owner must be managed already or declared earlier in the same call."""
         owner = spec.map_owner
         if owner is None:
             return
         if owner == spec.name:
             raise BpfdError("map_owner of %s names the program itself" % spec.name)
-        if owner not in store.programs:
+        if owner not in programs:
             raise BpfdError("map_owner %s names no program managed on this host (managed: %s)"
-                            % (owner, ", ".join(sorted(store.programs)) or "none"))
-        if store.programs[owner].get("map_owner"):
+                            % (owner, ", ".join(sorted(programs)) or "none"))
+        if programs[owner].get("map_owner"):
             raise BpfdError("map_owner %s itself uses the maps of %s: name %s instead"
-                            % (owner, store.programs[owner]["map_owner"], store.programs[owner]["map_owner"]))
+                            % (owner, programs[owner]["map_owner"], programs[owner]["map_owner"]))
 
     def _hook_mode(self, store: StateStore, key: str, specs: list, programs: dict) -> str | None:
         """The mode the hook runs in after this task (all its programs share it)."""
@@ -417,7 +435,7 @@ class Manager:
         try:
             for spec, new, _old, reload in steps:
                 if reload:
-                    loaded[spec.name] = self._load_member(spec, new, undo)
+                    loaded[spec.name] = self._load_member(spec, new, undo, loaded.get(spec.map_owner or ""))
             crash_point("after_load")
             by_id = {lp.prog_id: lp for lp in loaded.values()}
             for key in affected:
@@ -446,18 +464,22 @@ class Manager:
                 each.close()
         return [note for each in loaded.values() for note in each.notes]
 
-    def _load_member(self, spec: ProgramSpec, record: dict, undo: _Undo) -> _loader.LoadedProgram:
+    def _load_member(self, spec: ProgramSpec, record: dict, undo: _Undo,
+                     owner_loaded: _loader.LoadedProgram | None = None) -> _loader.LoadedProgram:
         map_dir = self.layout.map_dir(spec.name)
         maps_before = set(_listdir(map_dir)) if os.path.isdir(map_dir) else None
         undo.add(lambda: _remove_new_entries(map_dir, maps_before or set(), keep_dir=maps_before is not None))
-        if spec.map_owner:
+        if owner_loaded is not None:
+            # The owner was loaded by this same run: its maps are not pinned yet.
+            reuse, strict = {m.name: m.fd for m in owner_loaded.obj.maps() if not m.is_internal}, True
+        elif spec.map_owner:
             # The owner's maps, by name: the kernel objects are shared (bpfd's map_owner).
             owner_dir = self.layout.map_dir(spec.map_owner)
             reuse, strict = {m: os.path.join(owner_dir, m) for m in _listdir(owner_dir)}, True
         else:
             # A reload keeps the program's pinned maps when their definition still fits.
             reuse, strict = {m: os.path.join(map_dir, m) for m in maps_before or ()}, False
-        loaded = _loader.load_program(spec.path, function=spec.function,
+        loaded = _loader.load_program(spec.bytecode or spec.path, function=spec.function,
                                       prog_types=PROG_TYPES[spec.kind], kind=spec.kind,
                                       map_pin_dir=map_dir, global_data=record["global_data"],
                                       reuse=reuse, strict_reuse=strict)
@@ -471,7 +493,7 @@ class Manager:
             loaded.close()
             raise
         record.update({
-            "bytecode": _declared.keep_bytecode(self.layout, spec.path, record["sha256"]),
+            "bytecode": _declared.keep_bytecode(self.layout, spec.bytecode or spec.path, record["sha256"]),
             "bpf_function_name": loaded.function, "section": loaded.section,
             "prog_id": loaded.prog_id, "prog_pin": pin, "insns": _member.encode(loaded.insns),
             "relocs": loaded.relocs, "maps": loaded.maps, "frags": loaded.frags,
@@ -494,6 +516,7 @@ class Manager:
         for entry in os.listdir(map_dir) if os.path.isdir(map_dir) else []:
             if entry not in loaded.maps or not loaded.maps[entry]["pinned_by_object"]:
                 remove_pin(os.path.join(map_dir, entry))
+        # owners are re-pinned first, so a same-run owner's maps are pinned by now
         shared = set(_listdir(self.layout.map_dir(spec.map_owner))) if spec.map_owner else set()
         _loader.pin_maps(loaded, map_dir, skip=shared)
 

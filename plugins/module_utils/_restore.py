@@ -16,28 +16,26 @@ next run picks it up.
 `bpfd_host_state: absent`, `bpfctl unload-all`); programs it does not manage are
 never touched.
 
-Both only change what runs. The Manager records the declaration from the
-run-time state after every run; in the middle of a restore that would drop
-every program not rebuilt yet, with its bytecode. `_DeclarationKeeper` writes
-back the declaration on disk instead, updated with what the state holds.
+Both only change what runs: their Manager does not record the declaration
+(`record_declaration=False`), and objects load from the bytecode store
+(`ProgramSpec.bytecode`) while records keep the path the operator declared.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from ansible_collections.bpfd.core.plugins.module_utils import _declared
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
 from ansible_collections.bpfd.core.plugins.module_utils._attach_link import LinkAttachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._loader import check_object_file, file_sha256
-from ansible_collections.bpfd.core.plugins.module_utils._manager import LONG_LOCK_WAIT, Manager, ProgramSpec
+from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
 from ansible_collections.bpfd.core.plugins.module_utils._state import (
-    Layout, StateStore, ensure_bpffs, read_state, remove_pin, remove_pin_tree,
+    Layout, StateStore, read_state, remove_pin, remove_pin_tree,
 )
 
 # Kinds whose programs share an attach point through a dispatcher.
@@ -142,7 +140,8 @@ def plan(declared: dict, live: Iterable[str] = ()) -> tuple[list, dict]:
 def spec_for(name: str, entry: dict) -> ProgramSpec:
     """The ProgramSpec of a declared program, loading from the bytecode store."""
     values = dict(
-        name=name, kind=entry["kind"], path=bytecode_of(name, entry), interface=entry.get("interface"),
+        name=name, kind=entry["kind"], path=entry.get("path") or entry.get("bytecode"),
+        bytecode=bytecode_of(name, entry), interface=entry.get("interface"),
         priority=entry.get("priority"), proceed_on=entry.get("proceed_on"),
         function=entry.get("bpf_function_name"), mode=entry.get("requested_mode"),
         metadata=dict(entry.get("metadata") or {}), direction=entry.get("direction"),
@@ -236,51 +235,14 @@ def execute(steps: list, declared: dict, manager: Manager, blocked: dict | None 
     return result
 
 
-class _DeclarationKeeper(Manager):
-    """A Manager whose runs change what runs on the host, never what is declared.
-
-    Manager writes the declaration from the run-time state at the end of every
-    run. Here the declaration on disk is written back instead, updated with what
-    the state holds: programs not (yet) rebuilt stay declared, bytecode and all.
-    Objects load from the bytecode store, and the records keep the path the
-    operator declared, so re-running their playbook afterwards changes nothing.
-    """
-
-    def __init__(self, layout: Layout, declared_paths: dict | None = None) -> None:
-        super().__init__(layout)
-        self._declared_paths = declared_paths or {}
-
-    def _record(self, spec: ProgramSpec, *args, **kwargs) -> dict:
-        record = super()._record(spec, *args, **kwargs)
-        if self._declared_paths.get(spec.name):
-            record["path"] = self._declared_paths[spec.name]
-        return record
-
-    @contextlib.contextmanager
-    def _session(self, check_mode: bool) -> Iterator[tuple]:
-        # Manager._session, but for the declaration written at the end.
-        if not check_mode:
-            ensure_bpffs(self.layout)
-        store = StateStore(self.layout)
-        with store.locked():
-            notes = self._reconcile(store, dry=check_mode)
-            if store.lock_wait_seconds >= LONG_LOCK_WAIT:
-                notes.append("waited %.1f s for another bpfd.core run to release the host lock"
-                             % store.lock_wait_seconds)
-            yield store, notes
-            if not check_mode:
-                store.save()
-                on_disk = _declared.read(self.layout).get("programs", {})
-                kept = {n: e for n, e in on_disk.items() if n not in store.programs}
-                _declared.write(self.layout, dict(kept, **store.programs))
-
-
 def restore(layout: Layout | None = None, wait: float = 0.0, poll: float = 0.5) -> dict:
     """Rebuild every declared program; wait up to `wait` seconds for missing interfaces."""
     layout = layout or Layout()
     started = time.monotonic()
     declared = _declared.read(layout).get("programs", {})
-    manager = _DeclarationKeeper(layout, {n: e.get("path") for n, e in declared.items()})
+    # Restore changes what runs, never what is declared; objects load from the store
+    # (ProgramSpec.bytecode) while the records keep the path the operator declared.
+    manager = Manager(layout, record_declaration=False)
     steps, blocked = plan(declared, live=set(read_state(layout)["programs"]) & set(declared))
     result = execute(steps, declared, manager, blocked)
     restored, changed = list(result["restored"]), result["changed"]
@@ -305,7 +267,7 @@ def unload_all(layout: Layout | None = None, keep_declaration: bool = False, che
     back); with it, `restore()` brings everything back later.
     """
     layout = layout or Layout()
-    manager = _DeclarationKeeper(layout) if keep_declaration else Manager(layout)
+    manager = Manager(layout, record_declaration=not keep_declaration)
     forgotten = [] if keep_declaration else sorted(_declared.read(layout).get("programs", {}))
     listed = manager.list()
     unloaded, failed = [], []

@@ -161,6 +161,7 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator["StateStore"]:
         os.makedirs(self.layout.run_dir, mode=0o750, exist_ok=True)
+        share_with_group(self.layout.run_dir, 0o750)
         self._lock_fd = os.open(self.layout.lock_file, os.O_RDWR | os.O_CREAT, 0o640)
         started = time.monotonic()
         try:
@@ -176,6 +177,7 @@ class StateStore:
     def save(self) -> None:
         if self.data != self._saved:
             write_json_atomic(self.layout.state_file, self.data)
+            share_with_group(self.layout.state_file, 0o640)
             self._saved = copy.deepcopy(self.data)
 
     @property
@@ -221,3 +223,14 @@ def crash_point(name: str) -> None:
     """
     if os.environ.get(CRASH_POINT_ENV) == name:
         os.kill(os.getpid(), 9)
+
+
+def share_with_group(path: str, mode: int) -> None:
+    """root:bpfd with `mode`, so members of bpfd read state without sudo."""
+    gid = bpfd_gid()
+    try:
+        if gid is not None and os.stat(path).st_gid != gid:
+            os.chown(path, 0, gid)
+        os.chmod(path, mode)
+    except PermissionError:
+        pass  # not root (a read-only caller): leave it as it is

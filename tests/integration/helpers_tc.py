@@ -78,7 +78,7 @@ def link_target(link_id: int) -> dict:
 def bpftool_links() -> list:
     """`bpftool -j link show`; bpftool 7.1 gives up (status 255) when a link of
     another test goes away while it walks the list: walk again."""
-    for _ in range(5):
+    for _attempt in range(5):
         links = hx.bpftool_json("link", "show", check=False)
         if links is not None:
             return links
@@ -138,7 +138,7 @@ def attached(veth, direction: str) -> dict:
 def dispatcher_id(veth, direction: str) -> int:
     """The one program the kernel runs at this hook, whichever way it is attached."""
     seen = attached(veth, direction)
-    ids = [prog for _, prog in seen["tcx"]] + [f["prog_id"] for f in seen["cls_bpf"]]
+    ids = [prog for _link, prog in seen["tcx"]] + [f["prog_id"] for f in seen["cls_bpf"]]
     assert len(ids) == 1, "expected one TC program at %s %s, found %s" % (veth.name, direction, seen)
     return ids[0]
 
@@ -206,8 +206,8 @@ def foreign_tcx(veth, obj: str, direction: str):
         link_pin = prog_pin + "_link"
         prog_fd = libbpf.obj_get(prog_pin)
         try:
-            link_fd = libbpf.link_create(prog_fd, veth.ifindex, {"ingress": libbpf.ATTACH_TCX_INGRESS,
-                                                                  "egress": libbpf.ATTACH_TCX_EGRESS}[direction])
+            attach_type = {"ingress": libbpf.ATTACH_TCX_INGRESS, "egress": libbpf.ATTACH_TCX_EGRESS}[direction]
+            link_fd = libbpf.link_create(prog_fd, veth.ifindex, attach_type)
         finally:
             libbpf.close_fd(prog_fd)
         try:
@@ -237,7 +237,7 @@ _BPF_TOOLS = {b"pytest", b"py.test", b"ansible", b"ansible-playbook", b"ansible-
 
 
 def _descends_from(pid: str, ancestor: int) -> bool:
-    for _ in range(64):
+    for _depth in range(64):
         if int(pid) == ancestor:
             return True
         try:
@@ -284,7 +284,7 @@ def snapshot(veth) -> dict:
     ids = {r.get("prog_id") for r in programs.values()} | {h.get("dispatcher_id") for h in hooks.values()}
     at_hooks = {d: attached(veth, d) for d in DIRECTIONS}
     for seen in at_hooks.values():
-        ids |= {p for _, p in seen["tcx"]} | {f["prog_id"] for f in seen["cls_bpf"]}
+        ids |= {p for _link, p in seen["tcx"]} | {f["prog_id"] for f in seen["cls_bpf"]}
     ids -= {None}
     mine = {
         "programs": programs, "hooks": hooks, "attached": at_hooks, "qdiscs": qdiscs(veth.name),
@@ -305,5 +305,6 @@ def _differences(before: dict, after: dict) -> dict:
 def assert_same(before: dict, after: dict) -> None:
     assert after["mine"] == before["mine"], "changed (before, after): %r" % _differences(before["mine"], after["mine"])
     if not (before["busy"] or after["busy"]):
-        strip = lambda s: {k: v for k, v in s.items() if k not in ("mine", "busy")}  # noqa: E731
+        def strip(snap: dict) -> dict:
+            return {k: v for k, v in snap.items() if k not in ("mine", "busy")}
         assert strip(after) == strip(before), "changed (before, after): %r" % _differences(strip(before), strip(after))

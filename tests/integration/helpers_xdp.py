@@ -82,11 +82,10 @@ def run_xdp(prog_id: int, packet: bytes, repeat: int = 1) -> int:
     from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
     fd = libbpf.prog_fd_by_id(prog_id)
     try:
-        retval, _ = libbpf.prog_test_run(fd, packet, repeat)
+        retval, _duration = libbpf.prog_test_run(fd, packet, repeat)
     finally:
         libbpf.close_fd(fd)
     return retval
-
 
 
 def attached_xdp(ifname: str) -> list:
@@ -295,6 +294,6 @@ def manager_in_fresh_process(op: str, **kwargs) -> dict:
     root = next(p for p in sys.path if p and (pathlib.Path(p) / "ansible_collections" / "bpfd" / "core").exists())
     env = dict(os.environ, PYTHONPATH=root)
     proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps([op, kwargs])],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 0, "Manager.%s(%s) failed:\n%s" % (op, kwargs, proc.stderr[-3000:])
     return json.loads(proc.stdout)

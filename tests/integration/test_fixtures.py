@@ -165,7 +165,7 @@ def objs(tmp_path_factory) -> dict[str, pathlib.Path]:
 @pytest.fixture(scope="module")
 def packet(tmp_path_factory) -> pathlib.Path:
     """64-byte Ethernet/IPv4/UDP-ish frame for BPF_PROG_TEST_RUN."""
-    frame = (bytes.fromhex("020000000002" "020000000001" "0800")
+    frame = (bytes.fromhex("020000000002020000000001" + "0800")
              + bytes.fromhex("4500002e00004000401100007f0000017f000001")
              + bytes.fromhex("303930390016") + bytes(64 - 40))
     assert len(frame) == 64

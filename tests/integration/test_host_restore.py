@@ -491,7 +491,7 @@ def test_restore_time_of_ten_xdp_and_ten_tc_programs(host, bpf_objects):
 
 # --- product bugs this file found: each test fails until its bug is fixed ----------------------
 
-def test_bug_a_module_run_while_an_interface_is_pending_forgets_its_programs(host, bpf_objects):
+def test_a_module_run_while_an_interface_is_pending_keeps_its_programs_declared(host, bpf_objects):
     """Manager writes declared.json from the run-time state after every run
     (`_declared.write(layout, store.programs)` in Manager._session), and deletes the bytecode
     nobody is left to declare. While an interface is pending after a reboot, its programs are
@@ -513,7 +513,7 @@ def test_bug_a_module_run_while_an_interface_is_pending_forgets_its_programs(hos
     assert host.bpfctl_json("restore")["restored"] == [pending]
 
 
-def test_bug_a_chain_with_a_map_owner_and_its_user_fails_on_a_fresh_host(host, bpf_objects):
+def test_a_chain_with_a_map_owner_and_its_user_loads_on_a_fresh_host(host, bpf_objects):
     """The README's bpf_xdp_chain example (`counter` with `map_owner: filter` in the same task)
     fails the first time: Manager._check_map_owner looks for the owner in the state as it was
     before the call ("map_owner ... names no program managed on this host"). `bpfctl restore`
@@ -529,7 +529,7 @@ def test_bug_a_chain_with_a_map_owner_and_its_user_fails_on_a_fresh_host(host, b
     assert facts[user]["map_owner_id"] == facts[owner]["id"]
 
 
-def test_bug_members_of_bpfd_cannot_read_the_state_after_a_module_run(host, bpf_objects):
+def test_members_of_bpfd_can_read_the_state_after_a_module_run(host, bpf_objects):
     """`bpfctl` (root) shares /run/bpfd/state.json with the group bpfd (0640 root:bpfd), but
     _state.write_json_atomic writes every new state file 0600 root:root, so after any module
     run members of bpfd cannot `bpfctl list` until root runs bpfctl again. Fix: write the

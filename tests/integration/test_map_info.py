@@ -106,7 +106,7 @@ def test_map_info_reads_real_counters_like_bpftool(veth, bpf_objects, playbook):
     hx.pin_neighbour(veth)
     ping = hx.sh("ping", "-n", "-q", "-c", str(PINGS), "-W", "1", "-i", "0.2", "-I", veth.name,
                  veth.peer_ip, check=False)
-    _, received = hx.ping_stats(ping.stdout)
+    _sent, received = hx.ping_stats(ping.stdout)
     assert received == PINGS, ping.stdout
     hx.quiet(veth)  # from here on only the test runs below move the counters
     packet = hx.ipv4_udp_packet(veth.host_ip, veth.peer_ip)
@@ -224,7 +224,7 @@ def _possible_cpus() -> int:
     text = pathlib.Path("/sys/devices/system/cpu/possible").read_text().strip()
     total = 0
     for part in text.split(","):
-        low, _, high = part.partition("-")
+        low, _dash, high = part.partition("-")
         total += int(high or low) - int(low) + 1
     return total
 

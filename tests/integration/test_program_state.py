@@ -173,21 +173,21 @@ _ARRAY_HITS_SOURCE = r"""
 
 /* Same name as the counters' map, another definition (ARRAY of 4, not PERCPU_ARRAY of 1). */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4);
-	__type(key, __u32);
-	__type(value, __u64);
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 4);
+    __type(key, __u32);
+    __type(value, __u64);
 } hits SEC(".maps");
 
 SEC("xdp")
 int count_array(struct xdp_md *ctx)
 {
-	__u32 key = 0;
-	__u64 *value = bpf_map_lookup_elem(&hits, &key);
+    __u32 key = 0;
+    __u64 *value = bpf_map_lookup_elem(&hits, &key);
 
-	if (value)
-		__sync_fetch_and_add(value, 1);
-	return XDP_PASS;
+    if (value)
+        __sync_fetch_and_add(value, 1);
+    return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";
@@ -440,10 +440,10 @@ def test_map_owner_errors_change_nothing(veth, bpf_objects, array_hits_object, p
                                "names no program managed"),
     }
     before = snapshot(veth)
-    results = playbook([task(t, XDP, a) for t, (a, _) in bad.items()], expect_failure=True)
+    results = playbook([task(t, XDP, a) for t, (a, _phrase) in bad.items()], expect_failure=True)
     assert_same_snapshot(before, snapshot(veth), veth)
     print("\nmap_owner errors:")
-    for t, (_, phrase) in bad.items():
+    for t, (_args, phrase) in bad.items():
         print("  %s: %s" % (t, results[t].get("msg")))
         assert_clean_failure(results[t], phrase)
 
@@ -724,7 +724,7 @@ def test_time_in_place_update_vs_fresh_load(veth, bpf_objects, record_property):
 
     fresh, update = [], []
     name = veth.name + "-timed"
-    for _ in range(TIMING_ROUNDS):  # load on an empty interface (link created), then unload (not timed)
+    for _round in range(TIMING_ROUNDS):  # load on an empty interface (link created), then unload (not timed)
         started = time.perf_counter()
         result = mgr.present(spec(name, PASS_HEX))
         fresh.append(time.perf_counter() - started)

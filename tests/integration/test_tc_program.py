@@ -117,7 +117,7 @@ def assert_attached_as(veth, direction: str, attach: str, dispatcher: int, link_
     """Exactly our dispatcher at the hook, held the way `attach` says, as tc/bpftool see it."""
     seen = ht.attached(veth, direction)
     if attach == "tcx":
-        assert seen["cls_bpf"] == [] and [p for _, p in seen["tcx"]] == [dispatcher], seen
+        assert seen["cls_bpf"] == [] and [p for _link, p in seen["tcx"]] == [dispatcher], seen
         if link_id is not None:
             assert seen["tcx"] == [(link_id, dispatcher)]
     else:
@@ -254,7 +254,7 @@ def test_unload_middle_program_keeps_masks_by_member(tc, veth, attach, direction
     now = ht.dispatcher_id(veth, direction)
     assert_attached_as(veth, direction, attach, now)
     if attach == "tcx":
-        assert [lk for lk, _ in ht.attached(veth, direction)["tcx"]] == [lk for lk, _ in link], \
+        assert [lk for lk, _prog in ht.attached(veth, direction)["tcx"]] == [lk for lk, _prog in link], \
             "the tcx link must be updated in place, not replaced"
 
 

@@ -656,7 +656,7 @@ def test_no_ping_lost_across_twenty_swaps(chain, veth):
             dispatchers.add(hx.dispatcher_id(veth.name))
             time.sleep(0.05)
         assert pinger.poll() is None, "ping ended before the swaps did: the test proves nothing"
-        output, _ = pinger.communicate(timeout=30)
+        output, _stderr = pinger.communicate(timeout=30)
     finally:
         if pinger.poll() is None:
             pinger.kill()

@@ -37,7 +37,7 @@ def parse_btf(raw: bytes) -> tuple[dict, list[dict]]:
             pos += 4
         elif kind == 13:
             entry["params"] = []
-            for _ in range(vlen):
+            for _param in range(vlen):
                 p_name, p_type = struct.unpack_from("<II", types_raw, pos)
                 entry["params"].append((name(p_name), p_type))
                 pos += 8
@@ -47,7 +47,7 @@ def parse_btf(raw: bytes) -> tuple[dict, list[dict]]:
 
 def test_header() -> None:
     btf = build_func_btf([0, 5]).btf
-    header, _ = parse_btf(btf)
+    header, _types = parse_btf(btf)
     assert header["magic"] == 0xEB9F
     assert header["version"] == 1
     assert header["flags"] == 0
@@ -58,7 +58,7 @@ def test_header() -> None:
 
 
 def test_types() -> None:
-    _, types = parse_btf(build_func_btf([0, 7, 30], ["entry", "slot_0", "slot_0_f_23"]).btf)
+    _header, types = parse_btf(build_func_btf([0, 7, 30], ["entry", "slot_0", "slot_0_f_23"]).btf)
     int_t, ptr_t, proto, *funcs = types
     assert int_t == dict(kind=1, name="int", vlen=0, size_or_type=4, encoding=(1 << 24) | 32)
     assert ptr_t == dict(kind=2, name="", vlen=0, size_or_type=0)
@@ -78,12 +78,12 @@ def test_func_info_records() -> None:
 
 
 def test_default_names() -> None:
-    _, types = parse_btf(build_func_btf([0, 123]).btf)
+    _header, types = parse_btf(build_func_btf([0, 123]).btf)
     assert [t["name"] for t in types[3:]] == ["f_0", "f_123"]
 
 
 def test_each_string_stored_once() -> None:
-    header, _ = parse_btf(build_func_btf([0, 1, 2], ["a", "a", "a"]).btf)
+    header, _types = parse_btf(build_func_btf([0, 1, 2], ["a", "a", "a"]).btf)
     assert header["str_len"] == len(b"\0int\0ctx\0a\0")
 
 
@@ -108,7 +108,7 @@ def test_refuses_bad_input(starts: list[int], names: list[str] | None, message: 
 def test_bpftool_reads_it(tmp_path: Path) -> None:
     path = tmp_path / "func.btf"
     path.write_bytes(build_func_btf([0, 9], ["xdp_dispatcher", "slot_0"]).btf)
-    result = subprocess.run(["bpftool", "btf", "dump", "file", str(path)], capture_output=True, text=True)
+    result = subprocess.run(["bpftool", "btf", "dump", "file", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "[1] INT 'int' size=4 bits_offset=0 nr_bits=32 encoding=SIGNED" in result.stdout
     assert "[3] FUNC_PROTO '(anon)' ret_type_id=1 vlen=1" in result.stdout

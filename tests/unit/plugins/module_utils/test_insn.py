@@ -37,7 +37,7 @@ def test_encode_known_bytes(hexbytes: str, insn: Insn) -> None:
 
 
 def test_decode_at_index() -> None:
-    raw = bytes.fromhex("".join(h for h, _ in KNOWN))
+    raw = bytes.fromhex("".join(h for h, _expected in KNOWN))
     assert Insn.decode(raw, 2) == KNOWN[2][1]
 
 
@@ -48,7 +48,7 @@ def test_decode_all_keeps_both_halves_of_ld_imm64() -> None:
 
 def test_iter_insns_skips_second_half_of_ld_imm64() -> None:
     insns = [_insn.mov64_imm(0, 1)] + ld_imm64(1, 0, 5, 6) + [_insn.exit_insn()]
-    indices = [index for index, _ in _insn.iter_insns(_insn.encode_all(insns))]
+    indices = [index for index, _decoded in _insn.iter_insns(_insn.encode_all(insns))]
     assert indices == [0, 1, 3]
 
 

@@ -115,7 +115,9 @@ def test_spec_loads_from_the_store_and_keeps_every_declared_field(tmp_path):
                 sha256=sha, bytecode=str(obj))
     entry["proceed_on"] = ["drop"]
     spec = spec_for("user", entry)
-    assert (spec.name, spec.kind, spec.path, spec.interface, spec.priority) == ("user", "xdp", str(obj), "eth0", 30)
+    assert (spec.name, spec.kind, spec.interface, spec.priority) == ("user", "xdp", "eth0", 30)
+    # loads the store's copy, records the declared path
+    assert (spec.bytecode, spec.path) == (str(obj), "/gone/original.o")
     assert (spec.function, spec.mode, spec.map_owner, spec.proceed_on) == ("count", "skb", "owner", ["drop"])
     assert spec.metadata == {"team": "net"} and spec.global_data == {"verdict": "01000000"}
 
