@@ -44,17 +44,14 @@ def _describe(found: list) -> str:
 
 def foreign_tcx_programs(ifindex: int, direction: str, ours: set) -> list:
     """tcx links of other owners on this hook (refused: we do not run beside
-    programs whose order we do not control)."""
-    found = []
-    for link_id in libbpf.link_ids():
-        try:
-            with libbpf.owned_fd(libbpf.link_fd_by_id(link_id)) as fd:
-                info = libbpf.link_info(fd)
-        except BpfdError:
-            continue
-        if info["target"] == ifindex and info["attach_type"] == TCX_ATTACH[direction] and link_id not in ours:
-            found.append({"name": _prog_name(info["prog_id"]), "link_id": link_id, "prog_id": info["prog_id"]})
-    return found
+    programs whose order we do not control). Asked of the device itself (BPF_PROG_QUERY):
+    link ids are global, ifindexes are per network namespace."""
+    try:
+        attached = libbpf.prog_query(ifindex, TCX_ATTACH[direction])
+    except BpfdError:
+        return []
+    return [{"name": _prog_name(prog_id), "link_id": link_id, "prog_id": prog_id}
+            for prog_id, link_id in attached if link_id not in ours]
 
 
 def _prog_name(prog_id: int) -> str | None:

@@ -607,6 +607,29 @@ def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> 
                   "attaching with a bpf_link")
 
 
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_BPF_PROG_QUERY = 16
+
+
+def prog_query(target: int, attach_type: int, capacity: int = 64) -> list:
+    """BPF_PROG_QUERY on a device (resolved in the caller's network namespace):
+    [(prog id, link id or 0)] in the order the kernel runs them. Raw bpf(): libbpf
+    1.1's bpf_prog_query_opts has no link_ids (tcx arrived in libbpf 1.3)."""
+    import platform
+    import struct as _struct
+    prog_ids = (ctypes.c_uint32 * capacity)()
+    link_ids = (ctypes.c_uint32 * capacity)()
+    attr = ctypes.create_string_buffer(_struct.pack(
+        "<IIIIQIIQQQQ", target, attach_type, 0, 0, ctypes.addressof(prog_ids), capacity, 0, 0,
+        ctypes.addressof(link_ids), 0, 0), 64)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_NR_BPF[platform.machine()], _BPF_PROG_QUERY, attr, 64) < 0:
+        code = ctypes.get_errno()
+        raise BpfdError("querying attached programs: %s" % os.strerror(code), errno=errno.errorcode.get(code))
+    count = _struct.unpack_from("<I", attr.raw, 24)[0]
+    return [(prog_ids[i], link_ids[i]) for i in range(count)]
+
+
 def link_update(link_fd: int, prog_fd: int) -> None:
     """Swap the program behind a link atomically."""
     opts = _LinkUpdateOpts(sz=ctypes.sizeof(_LinkUpdateOpts))

@@ -184,12 +184,19 @@ def load_program(path: str, *, function: str | None, prog_types: Iterable[int], 
     except BpfdError as exc:
         obj.close()
         if "loading the BPF object" in exc.msg:
-            raise BpfdError("the kernel refused %s from %s: %s" % (function or kind, path, exc.msg),
-                            **exc.details)
+            raise BpfdError("the kernel refused %s from %s: %s (%s)" % (
+                function or kind, path, _verifier_reason(exc.details.get("log", "")), exc.msg), **exc.details)
         raise
     except BaseException:
         obj.close()
         raise
+
+
+def _verifier_reason(log: str) -> str:
+    """The verifier's last meaningful line (libbpf appends its own lines after the END marker)."""
+    log = log.split("-- END PROG LOAD LOG --")[0]
+    lines = [line for line in log.splitlines() if line.strip() and not line.startswith("processed ")]
+    return lines[-1] if lines else "no verifier log"
 
 
 def pin_program(loaded: LoadedProgram, pin_path: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from ansible_collections.bpfd.core.plugins.module_utils import _proceed_on
 from ansible_collections.bpfd.core.plugins.module_utils._attach_link import Attachment
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._state import (
-    Layout, StateStore, crash_point, ensure_bpffs, remove_pin, remove_pin_tree,
+    Layout, StateStore, crash_point, ensure_bpffs, remove_pin, remove_pin_tree, write_json_atomic,
 )
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -191,6 +192,11 @@ class Manager:
             modes = {key: self._hook_mode(store, key, [p[0] for p in plans if p[4] == key], programs)
                      for key in affected}
             before = self._chains(store, affected)
+            if not check_mode:
+                # Declared even when nothing changes: a run killed after its state save
+                # left the declaration behind; this one catches it up.
+                self._declare.update({spec.name: store.programs.get(spec.name) for spec in specs
+                                      if spec.name in store.programs})
             if not steps and not removed:
                 return self._converged(store, specs, whole_chain, False, before, before, notes, {}, [])
             for key in affected:
@@ -242,7 +248,8 @@ class Manager:
             if name is None:
                 name = next((n for n, r in store.programs.items() if r["prog_id"] == prog_id), None)
             record = store.programs.get(name) if name is not None else None
-            if record is None:
+            if record is None and name is not None and not check_mode:
+                self._declare[name] = None
                 return {"changed": False, "program": None, "chain": [], "reconciled": notes,
                         "diff": {"before": {}, "after": {}}}
             before = self._chains(store, [record["hook"]])
@@ -288,6 +295,7 @@ class Manager:
             yield store, notes
             if not check_mode:
                 store.save()
+                _pending_update(self.layout, None, None)
                 if self.record_declaration and self._declare:
                     # Only what this run named: programs a reconcile dropped (an interface
                     # not back yet after a reboot) stay declared for the next restore.
@@ -443,6 +451,7 @@ class Manager:
             crash_point("after_swap")
             store.data["programs"] = programs
             store.save()
+            _pending_update(self.layout, None, None)
             crash_point("after_save")
             undo.forget()
             for spec, _new, old, reload in steps:
@@ -489,9 +498,16 @@ class Manager:
         try:
             pin = os.path.join(program_dir, "prog_%d" % loaded.prog_id)
             _loader.pin_program(loaded, pin)
+            # Maps without a pin are pinned now, before anything commits (the undo above
+            # removes them): a run killed after the state save leaves no map unpinned.
+            shared = set(_listdir(self.layout.map_dir(spec.map_owner))) if spec.map_owner else set()
+            _loader.pin_maps(loaded, map_dir, skip=shared | (maps_before or set()))
         except BaseException:
             loaded.close()
             raise
+        kept = os.path.join(self.layout.bytecode_dir, "%s.o" % record["sha256"])
+        if not os.path.exists(kept):  # a failed run leaves the bytecode store as it was
+            undo.add(lambda: os.path.exists(kept) and os.unlink(kept))
         record.update({
             "bytecode": _declared.keep_bytecode(self.layout, spec.bytecode or spec.path, record["sha256"]),
             "bpf_function_name": loaded.function, "section": loaded.section,
@@ -586,6 +602,12 @@ class Manager:
         foreign = attachment.foreign(hook)
         if foreign:
             raise BpfdError(foreign)
+        # Journal first: an attachment the state does not yet record must be findable by
+        # the next run's reconcile if this run dies (a cls_bpf filter leaves no pin).
+        if hook["mode"] == "cls_bpf":
+            hook["clsact_existed"] = "clsact" in _attach_tc.cls_bpf_state(hook["ifindex"], hook["direction"])["qdiscs"]
+        _pending_update(self.layout, key, hook)
+        undo.add(lambda: _pending_update(self.layout, key, None))
         attachment.attach(hook, disp_fd, undo)
         store.hooks[key] = hook
         undo.add(lambda: store.hooks.pop(key, None))
@@ -649,6 +671,24 @@ class Manager:
     def _reconcile(self, store: StateStore, dry: bool) -> list:
         """Converge the record with the kernel; say what was found."""
         notes: list = []
+        for key, hook in _pending_read(self.layout).items():
+            if key in store.hooks or not _netlink.netns_exists(hook.get("netns")):
+                continue
+            with _netlink.in_netns(hook.get("netns")):
+                if hook.get("mode") == "cls_bpf":
+                    live = _attach_tc.cls_bpf_state(hook["ifindex"], hook["direction"])["dispatcher_id"]
+                    if live and not dry:
+                        _attach_tc.detach_cls_bpf(hook["ifindex"], hook["direction"],
+                                                  not hook.get("clsact_existed", True))
+                else:
+                    live = self._attachment(key, hook).live_prog_id(hook)
+                    if live and not dry:
+                        self._attachment(key, hook).detach(hook)
+            if live:
+                notes.append("%s: removed dispatcher %d that an interrupted run attached and did not record"
+                             % (key, live))
+        if not dry:
+            _pending_update(self.layout, None, None)
         for name, record in list(store.programs.items()):
             if record.get("link_pin") and not _attach_trace.alive(record["link_pin"]):
                 notes.append("program %s: its link %s vanished; dropped from the record"
@@ -691,8 +731,42 @@ class Manager:
             if not dry:
                 self._repair_hook(store, key, hook, notes)
         if not dry:
+            self._repair_map_pins(store, notes)
             self._remove_unrecorded_pins(store, notes)
         return notes
+
+    def _repair_map_pins(self, store: StateStore, notes: list) -> None:
+        """Every recorded map is pinned where the record says, holding the recorded map."""
+        retained = store.data.get("retained_maps", {})
+        for name, record in store.programs.items():
+            owner = record.get("map_owner")
+            owner_maps = (store.programs.get(owner) or {}).get("maps", {}) if owner else {}
+            for map_name, info in (record.get("maps") or {}).items():
+                if info.get("internal"):
+                    continue
+                if owner and (map_name in owner_maps or owner in retained):
+                    directory = retained.get(owner) or self.layout.map_dir(owner)
+                else:
+                    directory = self.layout.map_dir(name)
+                pin = os.path.join(directory, map_name)
+                current = None
+                with contextlib.suppress(BpfdError):
+                    with libbpf.owned_fd(libbpf.obj_get(pin)) as fd:
+                        current = libbpf.map_info(fd)["id"]
+                if current == info["id"]:
+                    continue
+                try:
+                    map_fd = libbpf.map_fd_by_id(info["id"])
+                except BpfdError:
+                    notes.append("program %s: map %s (id %d) is gone" % (name, map_name, info["id"]))
+                    continue
+                with libbpf.owned_fd(map_fd):
+                    remove_pin(pin)
+                    os.makedirs(directory, mode=0o750, exist_ok=True)
+                    libbpf.obj_pin(map_fd, pin)
+                    os.chmod(pin, _loader.MAP_PIN_MODE)
+                notes.append("program %s: map pin %s %s; re-pinned map id %d" % (
+                    name, pin, "was missing" if current is None else "held map %d" % current, info["id"]))
 
     def _repair_hook(self, store: StateStore, key: str, hook: dict, notes: list) -> None:
         members = [m["name"] for m in self._members(store.programs, key)]
@@ -800,6 +874,34 @@ def _remove_new_entries(directory: str, existing: set, keep_dir: bool) -> None:
     if not keep_dir:
         with contextlib.suppress(OSError):
             os.rmdir(directory)
+
+
+def _pending_file(layout: Layout) -> str:
+    return os.path.join(layout.run_dir, "pending.json")
+
+
+def _pending_read(layout: Layout) -> dict:
+    try:
+        with open(_pending_file(layout)) as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _pending_update(layout: Layout, key: str | None, hook: dict | None) -> None:
+    """Journal of attachments not yet recorded: add (hook), drop (None), or clear (key None)."""
+    if key is None:
+        remove_pin(_pending_file(layout))
+        return
+    pending = _pending_read(layout)
+    if hook is None:
+        pending.pop(key, None)
+    else:
+        pending[key] = dict(hook)
+    if pending:
+        write_json_atomic(_pending_file(layout), pending)
+    else:
+        remove_pin(_pending_file(layout))
 
 
 def _listdir(path: str) -> list:

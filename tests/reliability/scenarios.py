@@ -24,6 +24,7 @@ guarantee holds) and its run time.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
@@ -103,9 +104,15 @@ def collection_root() -> str:
     for entry in sys.path:
         if entry and (pathlib.Path(entry) / "ansible_collections" / "bpfd" / "core").exists():
             return entry
-    root = pathlib.Path(tempfile.mkdtemp(prefix="bpfd-reliability-"))
-    (root / "ansible_collections" / "bpfd").mkdir(parents=True)
-    (root / "ansible_collections" / "bpfd" / "core").symlink_to(REPO)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="bpfd-reliability-collections-"))
+    link = root / "ansible_collections" / "bpfd" / "core"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(REPO)
+
+    def cleanup() -> None:
+        link.unlink(missing_ok=True)  # the link first: never walk into the repository
+        shutil.rmtree(root, ignore_errors=True)
+    atexit.register(cleanup)
     sys.path.insert(0, str(root))
     return str(root)
 
@@ -194,7 +201,7 @@ def rss_kib() -> int:
     return 0
 
 
-def test_run(prog_id: int, packet: bytes) -> int:
+def prog_test_run(prog_id: int, packet: bytes) -> int:
     """BPF_PROG_TEST_RUN once on a program by id: its verdict."""
     from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
     fd = libbpf.prog_fd_by_id(prog_id)
@@ -1072,7 +1079,7 @@ def crash_consistency(objects: Objects, kills: int, workdir: pathlib.Path, seed:
             else:
                 states_seen["old dispatcher" if now == before_disp else "new dispatcher"] += 1
                 maps = (bpftool("prog", "show", "id", str(now[0])) or {}).get("map_ids", [])
-                verdict = test_run(now[0], udp_packet(veth.peer_ip, veth.host_ip))
+                verdict = prog_test_run(now[0], udp_packet(veth.peer_ip, veth.host_ip))
                 if verdict != 2 or anchor_map not in maps:
                     found.append("the attached dispatcher %d returned %d, uses maps %s (anchor's: %d)"
                                  % (now[0], verdict, maps, anchor_map))
@@ -1228,7 +1235,7 @@ def concurrency(objects: Objects, runs: int, workdir: pathlib.Path, holder_secon
         pins = [os.path.join(host.layout.map_dir(n), objects.map_name) for n in names]
         attached = attached_xdp(veth.name)
         before = [hits_pinned(p) for p in pins]
-        verdict = test_run(attached[0], udp_packet(veth.peer_ip, veth.host_ip)) if len(attached) == 1 else None
+        verdict = prog_test_run(attached[0], udp_packet(veth.peer_ip, veth.host_ip)) if len(attached) == 1 else None
         ran = [hits_pinned(p) - b for p, b in zip(pins, before)]
         waits1, said1, wrong1 = _wait_figures(first)
         waits2, said2, wrong2 = _wait_figures(second)
