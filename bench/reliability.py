@@ -61,8 +61,8 @@ def main() -> int:
                     print("    | " + line)
     total = time.monotonic() - started
     short = [f.name for f in figures if f.problems]
-    print("\n%d figure(s) in %.0f s; %s" % (len(figures), total,
-                                           "all hold" if not short else "SHORT: " + ", ".join(short)))
+    verdict = "all hold" if not short else "SHORT: " + ", ".join(short)
+    print("\n%d figure(s) in %.0f s; %s" % (len(figures), total, verdict))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
             {"sizes": size, "seconds": round(total, 1),

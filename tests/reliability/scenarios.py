@@ -66,7 +66,7 @@ def sizes(scale: str | None = None) -> dict:
         return dict(SIZES[scale])
     chosen = dict(SIZES["small"])
     for part in filter(None, scale.split(",")):
-        key, _, value = part.partition("=")
+        key, _sep, value = part.partition("=")
         if key.strip() not in chosen:
             raise ValueError("%s: unknown size %r (known: %s)" % (SCALE_ENV, key, ", ".join(chosen)))
         chosen[key.strip()] = int(value)
@@ -85,8 +85,8 @@ class Figure:
         self.problems.append(text)
 
     def text(self) -> str:
-        lines = ["%s (%.1f s): %s" % (self.name, self.seconds, "OK" if not self.problems else
-                                       "%d PROBLEM(S)" % len(self.problems))]
+        verdict = "OK" if not self.problems else "%d PROBLEM(S)" % len(self.problems)
+        lines = ["%s (%.1f s): %s" % (self.name, self.seconds, verdict)]
         for key, value in self.numbers.items():
             lines.append("    %-28s %s" % (key, value))
         for problem in self.problems:
@@ -119,7 +119,7 @@ def collection_root() -> str:
 
 def sh(*argv: str, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess:
     argv = (("ip", "netns", "exec", netns) if netns else ()) + argv
-    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()))
     return proc
@@ -461,7 +461,7 @@ def spec(name: str, path: str, iface: str, priority: int, kind: str = "xdp", **e
 
 def _free_subnet() -> int:
     used = set(re.findall(r"10\.253\.(\d+)\.", sh("ip", "-o", "addr", "show").stdout))
-    for _ in range(500):
+    for _attempt in range(500):
         candidate = random.randint(1, 254)
         if str(candidate) not in used:
             return candidate
@@ -527,7 +527,7 @@ def stop_ping(proc: subprocess.Popen) -> tuple:
     """(transmitted, received) of a ping started with start_ping."""
     time.sleep(1.0)  # replies of the last requests are on their way
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
+    out, _err = proc.communicate(timeout=10)
     found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
@@ -632,17 +632,14 @@ class UdpFlood:
 
 
 def _ranges(numbers: list) -> str:
-    out, start, prev = [], None, None
+    out: list = []
+    runs: list = []  # [first, last] of each run of consecutive numbers
     for n in numbers:
-        if start is None:
-            start = prev = n
-        elif n == prev + 1:
-            prev = n
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
         else:
-            out.append("%d-%d" % (start, prev) if prev != start else str(start))
-            start = prev = n
-    if start is not None:
-        out.append("%d-%d" % (start, prev) if prev != start else str(start))
+            runs.append([n, n])
+    out = ["%d-%d" % (a, b) if a != b else str(a) for a, b in runs]
     return ",".join(out[:20]) + (" ..." if len(out) > 20 else "")
 
 
@@ -1108,8 +1105,8 @@ def crash_consistency(objects: Objects, kills: int, workdir: pathlib.Path, seed:
         pings = [stop_ping(p) for p in pingers]
         pingers = []
         fig.numbers.update({
-            "kills (SIGKILL)": "%d of %d runs: %s" % (sum(killed_at.values()), kills,
-                                                     ", ".join("%s %d" % kv for kv in sorted(killed_at.items()))),
+            "kills (SIGKILL)": "%d of %d runs: %s" % (
+                sum(killed_at.values()), kills, ", ".join("%s %d" % kv for kv in sorted(killed_at.items()))),
             "next run converged": "%d of %d (state = declaration, no leak, a third run a no-op)"
                                   % (converged, kills),
             "distinct problems": len(reported),
@@ -1230,7 +1227,7 @@ def concurrency(objects: Objects, runs: int, workdir: pathlib.Path, holder_secon
         recorded = {n: r["priority"] for n, r in state["programs"].items()}
         lost = [n for n in names if recorded.get(n) != declared[n]["priority"]]
         hook = next(iter(state["hooks"].values()), {})
-        order = [n for n, _ in sorted(((n, declared[n]["priority"]) for n in names), key=lambda x: (x[1], x[0]))]
+        order = [n for n, _prio in sorted(((n, declared[n]["priority"]) for n in names), key=lambda x: (x[1], x[0]))]
         # Every member runs in the attached dispatcher: one test run moves every counter once.
         pins = [os.path.join(host.layout.map_dir(n), objects.map_name) for n in names]
         attached = attached_xdp(veth.name)
@@ -1327,8 +1324,9 @@ def vanishing(objects: Objects, _size: int, workdir: pathlib.Path) -> Figure:
             # a leftover that stays is reported at the case that made it
             new = [p for p in problems if p not in reported]
             reported.update(problems)
-            rows[case] = "%s; %d note(s)%s" % ("reported" if not missing else "NOT reported", len(notes),
-                                              "; OK" if not new else "; %d problem(s)" % len(new))
+            rows[case] = "%s; %d note(s)%s" % (
+                "reported" if not missing else "NOT reported", len(notes),
+                "; OK" if not new else "; %d problem(s)" % len(new))
             fig.details.extend("%s: %s" % (case, n) for n in notes)
             fig.problems.extend("%s: %s" % (case, p) for p in new)
             return result
@@ -1532,8 +1530,9 @@ def _bad_cases(objects: Objects, x: Veth, y: Veth, z: Veth, names: dict) -> list
         ("chain: a name twice", "chain", dict(chain, specs=[xdp(), xdp(priority=1)]), ("may appear once",)),
         ("chain: another interface", "chain", dict(chain, specs=[xdp(interface=y.name)]),
          ("must be a xdp program on %s" % x.name,)),
-        ("chain: 11 programs", "chain", dict(chain, specs=[xdp(name="%s-n%d" % (x.name, i), priority=i)
-                                                          for i in range(8)]), ("at most 10 programs",)),
+        ("chain: 11 programs", "chain",
+         dict(chain, specs=[xdp(name="%s-n%d" % (x.name, i), priority=i) for i in range(8)]),
+         ("at most 10 programs",)),
         ("chain: one bad member", "chain", dict(chain, specs=[xdp(name=x.name + "-n1"), xdp(path=objects["unsafe"])]),
          ("kernel refused", "packet")),
     ]
@@ -1690,7 +1689,7 @@ def resource_bounds(objects: Objects, cycles: int, workdir: pathlib.Path) -> Fig
         mgr = host.manager()
         from ansible_collections.bpfd.core.plugins.module_utils._manager import ProgramSpec
         program = ProgramSpec(**spec(veth.name + "-cycled", objects["count"], veth.name, 100))
-        for _ in range(2):  # warm up: imports, netlink sockets, libbpf
+        for _round in range(2):  # warm up: imports, netlink sockets, libbpf
             mgr.present(program)
             mgr.absent(name=program.name)
         wait_until(lambda: not any(ours_in_kernel(objects).values()))
