@@ -16,18 +16,8 @@ from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._loader import check_object_file, file_sha256
 from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
 
-PROGRAM_ARGS = dict(
-    name=dict(type="str"),
-    state=dict(type="str", default="present", choices=["present", "absent"]),
-    id=dict(type="int"),
-    path=dict(type="path"),
-    src=dict(type="path"),
-    bpf_function_name=dict(type="str"),
-    metadata=dict(type="dict", default={}),
-    global_data=dict(type="dict", default={}),
-    map_owner=dict(type="str"),
-    netns=dict(type="path"),
-    image=dict(type="str"),
+# How an image is pulled and checked: the program modules and bpf_image share these.
+REGISTRY_ARGS = dict(
     pull_policy=dict(type="str", default="IfNotPresent", choices=["Always", "IfNotPresent", "Never"]),
     registry_auth=dict(type="dict", no_log=False, options=dict(
         username=dict(type="str", required=True),
@@ -40,12 +30,28 @@ PROGRAM_ARGS = dict(
     # a public key: not secret, though its name says "key"
     verify_key=dict(type="str", no_log=False),
 )
+REGISTRY_RULES = [("verify", "optional", ("verify_key",)), ("verify", "required", ("verify_key",))]
+
+PROGRAM_ARGS = dict(
+    name=dict(type="str"),
+    state=dict(type="str", default="present", choices=["present", "absent"]),
+    id=dict(type="int"),
+    path=dict(type="path"),
+    src=dict(type="path"),
+    bpf_function_name=dict(type="str"),
+    metadata=dict(type="dict", default={}),
+    global_data=dict(type="dict", default={}),
+    map_owner=dict(type="str"),
+    netns=dict(type="path"),
+    image=dict(type="str"),
+    **REGISTRY_ARGS
+)
 
 PROGRAM_ARG_RULES = dict(
     mutually_exclusive=[("path", "src", "image"), ("name", "id")],
     required_one_of=[("name", "id")],
-    required_if=[("state", "present", ("name",)), ("state", "present", ("path", "src", "image"), True),
-                 ("verify", "optional", ("verify_key",)), ("verify", "required", ("verify_key",))],
+    required_if=[("state", "present", ("name",)), ("state", "present", ("path", "src", "image"), True)]
+    + REGISTRY_RULES,
 )
 
 
@@ -145,16 +151,23 @@ def bytecode(module: Any, kind: str) -> Iterator[tuple]:
         module.fail_json(msg=missing_required_lib("oras"))
     if params["verify"] != "none" and not _oci.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"))
-    image = _oci.resolve_image(
-        params["image"], pull_policy=params["pull_policy"], auth=params["registry_auth"],
-        validate_certs=params["validate_certs"], ca_path=params["ca_path"],
-        insecure=params["insecure_registry"], verify=params["verify"], verify_key=params["verify_key"],
-        check_mode=module.check_mode)
+    image = resolve_image(params, module.check_mode)
     try:
         function = _oci.select_function(image, kind, params["bpf_function_name"])
         yield image.path, function, image.facts()
     finally:
         image.cleanup()
+
+
+def resolve_image(params: dict, check_mode: bool):
+    """The image of `params["image"]`, pulled and checked as REGISTRY_ARGS say."""
+    from ansible_collections.bpfd.core.plugins.module_utils import _oci
+
+    return _oci.resolve_image(
+        params["image"], pull_policy=params["pull_policy"], auth=params["registry_auth"],
+        validate_certs=params["validate_certs"], ca_path=params["ca_path"],
+        insecure=params["insecure_registry"], verify=params["verify"], verify_key=params["verify_key"],
+        check_mode=check_mode)
 
 
 def chain_member_options(kind: str) -> dict:

@@ -285,11 +285,7 @@ def absent(params: dict, check_mode: bool) -> dict:
 
 
 def present(params: dict, check_mode: bool) -> dict:
-    image = _oci.resolve_image(
-        params["image"], pull_policy=params["pull_policy"], auth=params["registry_auth"],
-        validate_certs=params["validate_certs"], ca_path=params["ca_path"],
-        insecure=params["insecure_registry"], verify=params["verify"],
-        verify_key=params["verify_key"], check_mode=check_mode)
+    image = _module.resolve_image(params, check_mode)
     try:
         facts = image.facts()
         facts.update(
@@ -310,19 +306,9 @@ def main() -> None:
         argument_spec=dict(
             image=dict(type="str", required=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
-            pull_policy=dict(type="str", default="IfNotPresent", choices=["Always", "IfNotPresent", "Never"]),
-            registry_auth=dict(type="dict", no_log=False, options=dict(
-                username=dict(type="str", required=True),
-                password=dict(type="str", required=True, no_log=True),
-            )),
-            validate_certs=dict(type="bool", default=True),
-            ca_path=dict(type="path"),
-            insecure_registry=dict(type="bool", default=False),
-            verify=dict(type="str", default="none", choices=["none", "optional", "required"]),
-            # a public key: not secret, though its name says "key"
-            verify_key=dict(type="str", no_log=False),
+            **_module.REGISTRY_ARGS
         ),
-        required_if=[("verify", "optional", ("verify_key",)), ("verify", "required", ("verify_key",))],
+        required_if=_module.REGISTRY_RULES,
         supports_check_mode=True,
     )
     params = module.params
