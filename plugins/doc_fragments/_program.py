@@ -28,13 +28,13 @@ options:
   path:
     description:
       - Path of the BPF ELF object on the managed host.
-      - Mutually exclusive with O(src) and O(image).
+      - Mutually exclusive with O(src), O(image) and O(source).
     type: path
   src:
     description:
       - Path of the BPF ELF object on the controller. The action plugin ships it to the host,
         where it is kept in the bytecode store C(/var/lib/bpfd/bytecode/<sha256>.o).
-      - Mutually exclusive with O(path) and O(image).
+      - Mutually exclusive with O(path), O(image) and O(source).
     type: path
   image:
     description:
@@ -44,8 +44,30 @@ options:
         C(/var/lib/bpfd/images); digests are re-checked on every use.
       - A tag or a digest reference (V(quay.io/bpfd-bytecode/xdp_pass:latest),
         V(registry.example/xdp@sha256:...)). Multi-arch indexes pick the host's architecture.
-      - Mutually exclusive with O(path) and O(src).
+      - Mutually exclusive with O(path), O(src) and O(source).
     type: str
+  source:
+    description:
+      - Path of a C source file on the managed host (typically written by M(ansible.builtin.template)),
+        compiled there with bcc (C(BPF(text=..., cflags=...))) in the bcc dialect (C(BPF_HASH), C(BPF_ARRAY),
+        C(TRACEPOINT_PROBE), ...). bcc needs the kernel headers of the host; see the role
+        C(bpfd.core.bpfd_host) option C(bpfd_host_bcc).
+      - The compiled function becomes an ordinary object kept in the bytecode store, so reloads, dispatcher
+        rebuilds and restores at boot never compile again; its maps are pinned like every program's.
+      - The program's identity (RV(program.sha256)) is the SHA-256 of the source and how it is compiled
+        (O(cflags), O(bpf_function_name), the program's section). An unchanged source is not compiled again;
+        a changed one is compiled and swapped in atomically, its maps kept when compatible.
+        Headers the source includes are not part of the identity.
+      - The source's directory is on the include path. Global variables (O(global_data)) do not exist in
+        bcc programs; pass settings as O(cflags).
+      - Mutually exclusive with O(path), O(src) and O(image).
+    type: path
+  cflags:
+    description:
+      - Compiler flags for O(source), such as V(-DVERDICT=2) or V(-I/opt/include).
+    type: list
+    elements: str
+    default: []
   pull_policy:
     description:
       - V(IfNotPresent) uses the cached image when there is one; V(Always) asks the registry
@@ -129,6 +151,8 @@ requirements:
   - libbpf 1.0 or later (C(libbpf.so.1)) on the managed host.
   - pyroute2 for the Python interpreter running the module on the managed host.
   - oras (and cryptography for O(verify)) on the managed host when O(image) is used.
+  - bcc's Python module (Debian/Ubuntu C(python3-bpfcc), Fedora/RHEL C(python3-bcc)) and the running
+    kernel's headers on the managed host when O(source) is used.
 notes:
   - Modules run as root on the managed host (use C(become)).
   - Run-time state is kept in C(/run/bpfd), pins in C(/sys/fs/bpf/bpfd); both last until reboot.

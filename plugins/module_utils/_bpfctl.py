@@ -123,6 +123,9 @@ def format_get(facts: dict) -> str:
     if facts.get("image_url"):
         out += _lines("Image URL", [facts["image_url"]], w)
         out += _lines("Pull Policy", [facts.get("pull_policy")], w)
+    elif facts.get("source"):
+        out += _lines("Source", [facts["source"]], w)
+        out += _lines("Cflags", list(facts.get("cflags") or []), w)
     else:
         out += _lines("Path", [facts.get("path")], w)
     out += _lines("Global", _pairs(facts.get("global_data")), w)

@@ -126,3 +126,55 @@ def build_func_btf(func_starts: list[int], names: list[str] | None = None) -> Fu
         func_info_rec_size=FUNC_INFO.size,
         func_info_cnt=len(starts),
     )
+
+
+# --- map definitions (a generated object's .maps section) ---------------------------
+
+KIND_ARRAY = 3
+KIND_STRUCT = 4
+KIND_VAR = 14
+KIND_DATASEC = 15
+VAR_GLOBAL_ALLOCATED = 1
+# libbpf reads each field of a BTF-defined map as `int (*field)[value]`: a pointer
+# (8 bytes in .maps) to an array whose element count is the value.
+MAP_FIELDS = ("type", "key_size", "value_size", "max_entries", "map_flags")
+MAP_DEF_SIZE = 8 * len(MAP_FIELDS)
+_ARRAY = struct.Struct("<III")  # elem type, index type, nelems
+_MEMBER = struct.Struct("<III")  # name_off, type, bit offset
+_VAR_SECINFO = struct.Struct("<III")  # type, offset, size
+
+
+def build_maps_btf(maps: list[tuple[str, dict]]) -> bytes:
+    """BTF describing `maps` ([(name, {field: value for MAP_FIELDS})], in .maps order,
+    MAP_DEF_SIZE bytes each) the way clang writes `struct { __uint(type, ...); ... } name
+    SEC(".maps")`, so libbpf creates them from an object we write ourselves."""
+    for name, _definition in maps:
+        if not _IDENTIFIER.match(name):
+            raise ValueError("%r is not a valid map name" % name)
+    strings = _Strings()
+    types = [_TYPE.pack(strings.add("int"), _info(KIND_INT), 4) + _U32.pack(INT_SIGNED | 32)]
+    pointer_ids: dict[int, int] = {}
+
+    def add(blob: bytes) -> int:
+        types.append(blob)
+        return len(types)
+
+    def pointer_to_array(count: int) -> int:
+        if count not in pointer_ids:
+            array = add(_TYPE.pack(0, _info(KIND_ARRAY), 0) + _ARRAY.pack(INT_TYPE_ID, INT_TYPE_ID, count))
+            pointer_ids[count] = add(_TYPE.pack(0, _info(KIND_PTR), array))
+        return pointer_ids[count]
+
+    secinfo = b""
+    for index, (name, definition) in enumerate(maps):
+        members = b"".join(_MEMBER.pack(strings.add(field), pointer_to_array(int(definition.get(field, 0))), 64 * i)
+                           for i, field in enumerate(MAP_FIELDS))
+        struct_id = add(_TYPE.pack(0, _info(KIND_STRUCT, len(MAP_FIELDS)), MAP_DEF_SIZE) + members)
+        var_id = add(_TYPE.pack(strings.add(name), _info(KIND_VAR), struct_id) + _U32.pack(VAR_GLOBAL_ALLOCATED))
+        secinfo += _VAR_SECINFO.pack(var_id, index * MAP_DEF_SIZE, MAP_DEF_SIZE)
+    add(_TYPE.pack(strings.add(".maps"), _info(KIND_DATASEC, len(maps)), MAP_DEF_SIZE * len(maps)) + secinfo)
+    type_section = b"".join(types)
+    string_section = strings.raw()
+    header = _HEADER.pack(BTF_MAGIC, BTF_VERSION, 0, _HEADER.size, 0, len(type_section), len(type_section),
+                          len(string_section))
+    return header + type_section + string_section

@@ -21,7 +21,7 @@ from ansible_collections.bpfd.core.plugins.module_utils._state import Layout, wr
 DECLARED_VERSION = 1
 DECLARED_FIELDS = ("kind", "interface", "direction", "netns", "priority", "proceed_on", "bpf_function_name",
                    "global_data", "map_owner", "metadata", "requested_mode", "path", "sha256", "bytecode",
-                   "attach", "image")
+                   "attach", "image", "source")
 
 
 def declared_file(layout: Layout) -> str:

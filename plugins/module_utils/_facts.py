@@ -57,6 +57,8 @@ def program_facts(record: dict, position: int | None, hook: dict | None, kernel:
         "image_digest": (record.get("image") or {}).get("digest"),
         "pull_policy": (record.get("image") or {}).get("pull_policy"),
         "image_verified": (record.get("image") or {}).get("verified"),
+        "source": (record.get("source") or {}).get("path"),
+        "cflags": (record.get("source") or {}).get("cflags"),
         "global_data": record.get("global_data", {}),
         "metadata": record.get("metadata", {}),
         "map_pin_path": record.get("map_pin_path"),

@@ -64,6 +64,8 @@ class ProgramSpec:
     image: dict | None = None
     attach: dict | None = None  # tracing kinds: where to attach (tracepoint, function, target, ...)
     bytecode: str | None = None  # the file to load when it is not `path` (restore: the store's copy)
+    sha256: str | None = None  # identity when it is not the object's sha256 (programs from source)
+    source: dict | None = None  # from C source: {"path", "cflags", "object_sha256"} (see _bcc)
 
 
 def hook_key(kind: str, ifindex: int, direction: str | None = None, netns: str | None = None) -> str:
@@ -222,13 +224,13 @@ class Manager:
             _loader.check_object_file(source)
             _attach_trace.check_spec(spec.kind, spec.attach or {})
             _attach_trace.probe_kernel(spec.kind, spec.attach or {})
-            return spec, [], _loader.file_sha256(source), None, None
+            return spec, [], spec.sha256 or _loader.file_sha256(source), None, None
         proceed_on = self._validate(spec)
         _loader.check_object_file(source)
         with _netlink.in_netns(spec.netns):
             ifindex = _netlink.interface_index(spec.interface)
         key = hook_key(spec.kind, ifindex, spec.direction, spec.netns)
-        return spec, proceed_on, _loader.file_sha256(source), ifindex, key
+        return spec, proceed_on, spec.sha256 or _loader.file_sha256(source), ifindex, key
 
     def _converged(self, store: StateStore, specs: list, whole_chain: str | None, changed: bool,
                    before: dict, after: dict, notes: list, changes: dict, removed: list) -> dict:
@@ -332,6 +334,7 @@ class Manager:
             "global_data": {k: _normal_hex(v) for k, v in (spec.global_data or {}).items()},
             "map_owner": spec.map_owner,
             "image": spec.image,
+            "source": spec.source,
             "attach": spec.attach,
         })
         if spec.function is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ansible_collections.bpfd.core.plugins.module_utils import _netlink
@@ -44,15 +45,34 @@ PROGRAM_ARGS = dict(
     map_owner=dict(type="str"),
     netns=dict(type="path"),
     image=dict(type="str"),
+    source=dict(type="path"),
+    cflags=dict(type="list", elements="str", default=[]),
     **REGISTRY_ARGS
 )
+ORIGINS = ("path", "src", "image", "source")
 
 PROGRAM_ARG_RULES = dict(
-    mutually_exclusive=[("path", "src", "image"), ("name", "id")],
+    mutually_exclusive=[ORIGINS, ("name", "id")],
     required_one_of=[("name", "id")],
-    required_if=[("state", "present", ("name",)), ("state", "present", ("path", "src", "image"), True)]
+    required_if=[("state", "present", ("name",)), ("state", "present", ORIGINS, True)]
     + REGISTRY_RULES,
 )
+
+
+@dataclass
+class Origin:
+    """Where a task's bytecode comes from, as a ProgramSpec takes it."""
+
+    path: str  # what the operator declared: the object, or the C source
+    function: str | None
+    bytecode: str | None = None  # the object to load when it is not `path`
+    image: dict | None = None
+    sha256: str | None = None  # identity when it is not the object's sha256
+    source: dict | None = None
+
+    def spec_fields(self) -> dict:
+        return dict(path=self.path, function=self.function, bytecode=self.bytecode, image=self.image,
+                    sha256=self.sha256, source=self.source)
 
 
 def run(module: Any, operation: Callable[[], dict], needs_pyroute2: bool = True) -> None:
@@ -92,13 +112,13 @@ def chained_program(module: Any, kind: str, mode: str | None, direction: str | N
     def operation() -> dict:
         if params["state"] == "absent":
             return manager.absent(name=params["name"], prog_id=params["id"], check_mode=module.check_mode)
-        with bytecode(module, kind) as (path, function, image):
+        with bytecode(module, kind) as origin:
             spec = ProgramSpec(
-                name=params["name"], kind=kind, path=path,
+                name=params["name"], kind=kind,
                 interface=params["interface"], priority=params["priority"], direction=direction,
-                proceed_on=params["proceed_on"], function=function,
+                proceed_on=params["proceed_on"],
                 mode=mode, metadata=metadata(params), global_data=params["global_data"],
-                map_owner=params["map_owner"], netns=params["netns"], image=image)
+                map_owner=params["map_owner"], netns=params["netns"], **origin.spec_fields())
             return manager.present(spec, check_mode=module.check_mode)
 
     run(module, operation)
@@ -123,11 +143,11 @@ def traced_program(module: Any, kind: str, attach: dict) -> None:
             result = manager.absent(name=params["name"], prog_id=params["id"], check_mode=module.check_mode)
             after = None
         else:
-            with bytecode(module, kind) as (path, function, image):
+            with bytecode(module, kind, attach) as origin:
                 spec = ProgramSpec(
-                    name=params["name"], kind=kind, path=path, interface=None, priority=None,
-                    function=function, metadata=metadata(params), global_data=params["global_data"],
-                    map_owner=params["map_owner"], image=image, attach=dict(attach))
+                    name=params["name"], kind=kind, interface=None, priority=None,
+                    metadata=metadata(params), global_data=params["global_data"],
+                    map_owner=params["map_owner"], attach=dict(attach), **origin.spec_fields())
                 result = manager.present(spec, check_mode=module.check_mode)
             after = result.get("program")
         result.pop("chain", None)  # no dispatcher, no chain
@@ -138,11 +158,16 @@ def traced_program(module: Any, kind: str, attach: dict) -> None:
 
 
 @contextlib.contextmanager
-def bytecode(module: Any, kind: str) -> Iterator[tuple]:
-    """(host path, function name, image facts) from path, src or image."""
+def bytecode(module: Any, kind: str, attach: dict | None = None) -> Iterator[Origin]:
+    """The Origin of a task's program: path, src, image or source (`attach`: where a
+    tracing program attaches, which shapes an object compiled from source)."""
     params = module.params
+    if params.get("source"):
+        with compiled_source(module, params, kind, attach) as origin:
+            yield origin
+        return
     if not params.get("image"):
-        yield bytecode_path(params, module.check_mode), params["bpf_function_name"], None
+        yield Origin(bytecode_path(params, module.check_mode), params["bpf_function_name"])
         return
     from ansible.module_utils.basic import missing_required_lib
     from ansible_collections.bpfd.core.plugins.module_utils import _oci
@@ -154,9 +179,28 @@ def bytecode(module: Any, kind: str) -> Iterator[tuple]:
     image = resolve_image(params, module.check_mode)
     try:
         function = _oci.select_function(image, kind, params["bpf_function_name"])
-        yield image.path, function, image.facts()
+        yield Origin(image.path, function, image=image.facts())
     finally:
         image.cleanup()
+
+
+@contextlib.contextmanager
+def compiled_source(module: Any, params: dict, kind: str, attach: dict | None = None) -> Iterator[Origin]:
+    """`params["source"]` compiled with bcc, or found compiled in the bytecode store.
+    bcc is imported only here: modules given path, src or image never need it."""
+    from ansible.module_utils.basic import missing_required_lib
+    from ansible_collections.bpfd.core.plugins.module_utils import _bcc
+
+    if not _bcc.HAS_BCC:
+        module.fail_json(msg=missing_required_lib(_bcc.BCC_LIBRARY, reason="to compile source", url=_bcc.BCC_URL),
+                         exception=_bcc.BCC_IMPORT_ERROR)
+    if params.get("global_data"):
+        raise BpfdError("global_data needs an object with global variables; a program from source takes "
+                        "its settings as cflags (e.g. -DVERDICT=2)")
+    with _bcc.compiled_source(params["source"], params["cflags"], kind=kind, attach=attach,
+                              function=params["bpf_function_name"]) as compiled:
+        yield Origin(params["source"], params["bpf_function_name"], bytecode=compiled.object_path,
+                     sha256=compiled.sha256, source=compiled.facts)
 
 
 def resolve_image(params: dict, check_mode: bool):
@@ -176,7 +220,9 @@ def chain_member_options(kind: str) -> dict:
 
     return dict(
         name=dict(type="str", required=True),
-        path=dict(type="path", required=True),
+        path=dict(type="path"),
+        source=dict(type="path"),
+        cflags=dict(type="list", elements="str", default=[]),
         bpf_function_name=dict(type="str"),
         priority=dict(type="int", required=True),
         proceed_on=dict(type="list", elements="str", choices=list(_proceed_on.actions(kind))),
@@ -186,20 +232,36 @@ def chain_member_options(kind: str) -> dict:
     )
 
 
+def chain_programs_arg(kind: str) -> dict:
+    """The `programs` option of bpf_xdp_chain / bpf_tc_chain."""
+    return dict(type="list", elements="dict", required=True, options=chain_member_options(kind),
+                mutually_exclusive=[("path", "source")], required_one_of=[("path", "source")])
+
+
 def chain(module: Any, kind: str, mode: str | None, direction: str | None = None) -> None:
     """The whole body of bpf_xdp_chain / bpf_tc_chain: one swap for the hook."""
     from ansible_collections.bpfd.core.plugins.module_utils._manager import Manager, ProgramSpec
 
     params = module.params
-    specs = [ProgramSpec(
-        name=item["name"], kind=kind, path=item["path"], interface=params["interface"],
-        priority=item["priority"], direction=direction, proceed_on=item["proceed_on"],
-        function=item["bpf_function_name"], mode=mode, metadata=metadata(item),
-        global_data=item["global_data"], map_owner=item["map_owner"], netns=params["netns"])
-        for item in params["programs"]]
-    run(module, lambda: Manager().chain(kind, params["interface"], specs, direction=direction,
-                                        exclusive=params["exclusive"], check_mode=module.check_mode,
-                                        netns=params["netns"]))
+
+    def origin(item: dict, stack: contextlib.ExitStack) -> Origin:
+        if item["source"]:
+            return stack.enter_context(compiled_source(module, item, kind))
+        return Origin(item["path"], item["bpf_function_name"])
+
+    def operation() -> dict:
+        with contextlib.ExitStack() as stack:
+            specs = [ProgramSpec(
+                name=item["name"], kind=kind, interface=params["interface"],
+                priority=item["priority"], direction=direction, proceed_on=item["proceed_on"],
+                mode=mode, metadata=metadata(item), global_data=item["global_data"],
+                map_owner=item["map_owner"], netns=params["netns"], **origin(item, stack).spec_fields())
+                for item in params["programs"]]
+            return Manager().chain(kind, params["interface"], specs, direction=direction,
+                                   exclusive=params["exclusive"], check_mode=module.check_mode,
+                                   netns=params["netns"])
+
+    run(module, operation)
 
 
 def chained_program_rules(**extra: Any) -> dict:

@@ -146,16 +146,19 @@ def spec_for(name: str, entry: dict) -> ProgramSpec:
         function=entry.get("bpf_function_name"), mode=entry.get("requested_mode"),
         metadata=dict(entry.get("metadata") or {}), direction=entry.get("direction"),
         global_data=dict(entry.get("global_data") or {}), map_owner=entry.get("map_owner"),
-        netns=entry.get("netns"), image=entry.get("image"), attach=entry.get("attach"))
+        netns=entry.get("netns"), image=entry.get("image"), attach=entry.get("attach"),
+        source=entry.get("source"), sha256=entry.get("sha256") if entry.get("source") else None)
     known = {f.name for f in dataclasses.fields(ProgramSpec)}
     return ProgramSpec(**{k: v for k, v in values.items() if k in known})
 
 
 def bytecode_of(name: str, entry: dict) -> str:
-    """The stored object of a declared program, checked against its recorded sha256."""
-    for candidate in (entry.get("bytecode"), entry.get("path")):
-        if candidate and os.path.isfile(candidate) and (
-                not entry.get("sha256") or file_sha256(candidate) == entry["sha256"]):
+    """The stored object of a declared program, checked against its recorded sha256
+    (a program from source: its compiled object's; its path is C source, never a candidate)."""
+    source = entry.get("source")
+    expected = source.get("object_sha256") if source else entry.get("sha256")
+    for candidate in (entry.get("bytecode"),) + (() if source else (entry.get("path"),)):
+        if candidate and os.path.isfile(candidate) and (not expected or file_sha256(candidate) == expected):
             check_object_file(candidate)
             return candidate
     raise BpfdError("program %s: its bytecode (sha256 %s) is neither in the store (%s) nor at %s"

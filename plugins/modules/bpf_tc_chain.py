@@ -35,9 +35,20 @@ options:
         type: str
         required: true
       path:
-        description: Path of the BPF ELF object on the managed host.
+        description:
+          - Path of the BPF ELF object on the managed host.
+          - Exactly one of O(programs[].path) and O(programs[].source) is required.
         type: path
-        required: true
+      source:
+        description:
+          - Path of C source on the managed host, compiled there with bcc, as O(bpfd.core.bpf_tc_program#module:source)
+            of M(bpfd.core.bpf_tc_program).
+        type: path
+      cflags:
+        description: Compiler flags for O(programs[].source), such as V(-DVERDICT=2).
+        type: list
+        elements: str
+        default: []
       bpf_function_name:
         description: Function to load; defaults to the only TC classifier program of the object.
         type: str
@@ -132,7 +143,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             interface=dict(type="str", required=True),
-            programs=dict(type="list", elements="dict", required=True, options=_module.chain_member_options("tc")),
+            programs=_module.chain_programs_arg("tc"),
             exclusive=dict(type="bool", default=False),
             netns=dict(type="path"),
             direction=dict(type="str", required=True, choices=["ingress", "egress"]),

@@ -35,9 +35,20 @@ options:
         type: str
         required: true
       path:
-        description: Path of the BPF ELF object on the managed host.
+        description:
+          - Path of the BPF ELF object on the managed host.
+          - Exactly one of O(programs[].path) and O(programs[].source) is required.
         type: path
-        required: true
+      source:
+        description:
+          - Path of C source on the managed host, compiled there with bcc, as O(bpfd.core.bpf_xdp_program#module:source)
+            of M(bpfd.core.bpf_xdp_program).
+        type: path
+      cflags:
+        description: Compiler flags for O(programs[].source), such as V(-DVERDICT=2).
+        type: list
+        elements: str
+        default: []
       bpf_function_name:
         description: Function to load; defaults to the only XDP program of the object.
         type: str
@@ -126,7 +137,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             interface=dict(type="str", required=True),
-            programs=dict(type="list", elements="dict", required=True, options=_module.chain_member_options("xdp")),
+            programs=_module.chain_programs_arg("xdp"),
             exclusive=dict(type="bool", default=False),
             netns=dict(type="path"),
             xdp_mode=dict(type="str", choices=["native", "skb", "hw"]),
