@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine, as root, to develop and test bpfd.core:
 #   - Debian packages the product and the tests use (skipped when all are installed),
-#   - a Python venv at ${BPFD_VENV:-/opt/bpfd-venv} with tests/requirements.txt,
+#   - a Python venv at ${BPFD_VENV:-/opt/bpfd-venv} with tests/requirements.txt, and
+#     Debian's bcc (python3-bpfcc, not on PyPI) linked into it for programs from source,
 #   - bpffs at /sys/fs/bpf and tracefs at /sys/kernel/tracing (mounted when absent).
 # Idempotent and quiet; a failing step prints its output and stops the script.
 # Environment: BPFD_VENV (venv path), BPFD_PYTHON (interpreter that creates a new venv).
@@ -16,6 +17,9 @@ apt_packages=(
     iproute2 iputils-ping xdp-tools          # netns/veth, traffic, reference objects
     docker-registry                          # local OCI registry for image tests
     openssh-server shellcheck                # fleet hosts' sshd (tests/fleet); ansible-test's shellcheck
+    python3-bpfcc                            # programs from C source (bcc)
+    "linux-headers-$(dpkg --print-architecture)"  # bcc's kernel headers (tests link them, see
+                                             # tests/integration/test_programs_from_source.py)
     python3-venv git
 )
 
@@ -76,6 +80,14 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 quiet "$venv/bin/python" -m pip install -r "$repo/tests/requirements.txt"
 say "venv $venv: $("$venv/bin/python" -c 'import ansible, pyroute2, pytest, sys; print("python %d.%d.%d" % sys.version_info[:3], "ansible-core", ansible.__version__, "pyroute2", pyroute2.__version__, "pytest", pytest.__version__)')"
+
+# bcc is only packaged by distributions: link Debian's package into the venv (what a
+# managed host's venv needs too; the role's bpfd_host_bcc does the same).
+bcc_dir=$(/usr/bin/python3 -c 'import bcc, os; print(os.path.dirname(bcc.__file__))' 2>/dev/null) \
+    || die "python3-bpfcc is installed but /usr/bin/python3 cannot import bcc"
+purelib=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -e "$purelib/bcc" ] || ln -s "$bcc_dir" "$purelib/bcc"
+"$venv/bin/python" -c 'import bcc' >/dev/null 2>&1 || die "the venv cannot import bcc through $purelib/bcc"
 
 # --- Pseudo file systems ----------------------------------------------------------
 mount_if_absent() {  # fstype path

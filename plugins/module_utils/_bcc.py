@@ -34,15 +34,6 @@ from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
 from ansible_collections.bpfd.core.plugins.module_utils._loader import file_sha256
 from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
 
-try:
-    import bcc
-except Exception as exc:  # ImportError, or OSError when libbcc itself is missing
-    bcc = None
-    BCC_IMPORT_ERROR: str | None = "%s: %s" % (type(exc).__name__, exc)
-else:
-    BCC_IMPORT_ERROR = None
-
-HAS_BCC = bcc is not None
 # For missing_required_lib: bcc's Python module comes with the distribution's bcc.
 BCC_LIBRARY = "bcc (Debian/Ubuntu package python3-bpfcc, Fedora/RHEL python3-bcc)"
 BCC_URL = "https://github.com/iovisor/bcc/blob/master/INSTALL.md"
@@ -52,6 +43,24 @@ MAX_ERROR_LINES = 12
 # Kinds whose section does not depend on where they attach.
 _FIXED_SECTIONS = {"xdp": "xdp", "tc": "tc"}
 _DIAGNOSTIC = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): (?P<level>fatal error|error|warning|note): ")
+
+
+class BccMissing(BpfdError):
+    """bcc cannot be imported by this interpreter (`import_error` says why)."""
+
+    def __init__(self, import_error: str) -> None:
+        super().__init__("compiling source needs %s; it could not be imported: %s" % (BCC_LIBRARY, import_error))
+        self.import_error = import_error
+
+
+def import_bcc():
+    """bcc's Python module, imported on first use: it loads libbcc (LLVM, ~70 ms), which
+    only a compile needs; a source found compiled in the store never imports it."""
+    try:
+        import bcc  # pylint: disable=import-outside-toplevel
+    except Exception as exc:  # ImportError, or OSError when libbcc itself is missing
+        raise BccMissing("%s: %s" % (type(exc).__name__, exc))
+    return bcc
 
 
 @dataclass(frozen=True)
@@ -163,12 +172,12 @@ def _stderr_to(path: str) -> Iterator[None]:
         os.close(saved)
 
 
-def _functions(compiled) -> list[str]:
+def _functions(bcc, compiled) -> list[str]:
     lib = bcc.lib
     return [lib.bpf_function_name(compiled.module, i).decode() for i in range(lib.bpf_num_functions(compiled.module))]
 
 
-def _table_fds(compiled) -> dict[int, str]:
+def _table_fds(bcc, compiled) -> dict[int, str]:
     """fd -> name of every map bcc created for the source (libbcc's table API,
     which bcc's Python module does not declare)."""
     lib = bcc.lib
@@ -192,7 +201,7 @@ def _choose_function(functions: list[str], function: str | None, source_path: st
         source_path, "several functions (%s)" % ", ".join(functions) if functions else "no functions"))
 
 
-def _bcc_module(text: bytes, cflags: list[str], source_path: str, scratch: str):
+def _bcc_module(bcc, text: bytes, cflags: list[str], source_path: str, scratch: str):
     """bcc's compiled module (its maps exist, nothing is attached)."""
 
     class Compiled(bcc.BPF):
@@ -215,16 +224,15 @@ def compile_object(text: bytes, cflags: list[str], *, source_path: str, function
                    section: str, out_path: str) -> str:
     """Compile `text` with bcc and write the chosen function as an object at
     `out_path`; returns the function's name."""
-    if not HAS_BCC:
-        raise BpfdError("compiling source needs %s; it could not be imported: %s" % (BCC_LIBRARY, BCC_IMPORT_ERROR))
+    bcc = import_bcc()
     problem = headers_problem()
     if problem:
         raise BpfdError(problem, path=source_path)
-    compiled = _bcc_module(text, cflags, source_path, os.path.dirname(out_path))
+    compiled = _bcc_module(bcc, text, cflags, source_path, os.path.dirname(out_path))
     try:
-        functions = _functions(compiled)
+        functions = _functions(bcc, compiled)
         chosen = _choose_function(functions, function, source_path)
-        tables = _table_fds(compiled)
+        tables = _table_fds(bcc, compiled)
         try:
             insns, relocs = _object_writer.symbolic(compiled.dump_func(chosen.encode()), tables)
         except ValueError as exc:

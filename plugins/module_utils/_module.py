@@ -191,14 +191,16 @@ def compiled_source(module: Any, params: dict, kind: str, attach: dict | None = 
     from ansible.module_utils.basic import missing_required_lib
     from ansible_collections.bpfd.core.plugins.module_utils import _bcc
 
-    if not _bcc.HAS_BCC:
-        module.fail_json(msg=missing_required_lib(_bcc.BCC_LIBRARY, reason="to compile source", url=_bcc.BCC_URL),
-                         exception=_bcc.BCC_IMPORT_ERROR)
     if params.get("global_data"):
         raise BpfdError("global_data needs an object with global variables; a program from source takes "
                         "its settings as cflags (e.g. -DVERDICT=2)")
-    with _bcc.compiled_source(params["source"], params["cflags"], kind=kind, attach=attach,
-                              function=params["bpf_function_name"]) as compiled:
+    with contextlib.ExitStack() as stack:
+        try:
+            compiled = stack.enter_context(_bcc.compiled_source(
+                params["source"], params["cflags"], kind=kind, attach=attach, function=params["bpf_function_name"]))
+        except _bcc.BccMissing as exc:
+            module.fail_json(msg=missing_required_lib(_bcc.BCC_LIBRARY, reason="to compile source", url=_bcc.BCC_URL),
+                             exception=exc.import_error)
         yield Origin(params["source"], params["bpf_function_name"], bytecode=compiled.object_path,
                      sha256=compiled.sha256, source=compiled.facts)
 

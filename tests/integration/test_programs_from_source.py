@@ -39,6 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
 XDP = "bpfd.core.bpf_xdp_program"
 CHAIN = "bpfd.core.bpf_xdp_chain"
 TRACEPOINT = "bpfd.core.bpf_tracepoint_program"
+UPROBE = "bpfd.core.bpf_uprobe_program"
+TC = "bpfd.core.bpf_tc_program"
 INFO = "bpfd.core.bpf_program_info"
 BYTECODE_STORE = pathlib.Path("/var/lib/bpfd/bytecode")
 DECLARED = pathlib.Path("/var/lib/bpfd/declared.json")
@@ -87,15 +89,63 @@ int broken(struct xdp_md *ctx)
 }
 """
 
-OPENER = r"""
+UPROBE_SOURCE = r"""
+#include <uapi/linux/ptrace.h>
+
+BPF_ARRAY(calls, u64, 1);
+
+int count_getpid(struct pt_regs *ctx)
+{
+    int key = 0;
+    u64 *count = calls.lookup(&key);
+
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+"""
+
+TC_DROP_SOURCE = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+int tc_verdict(struct __sk_buff *skb)
+{
+    return VERDICT;
+}
+"""
+
+# A process that does exactly what it is told: "open N" (openat syscalls), "getpid N"
+# (libc's getpid), answering "done" after each command.
+ACTOR = r"""
 import os, sys
 sys.stdout.write("ready\n"); sys.stdout.flush()
-count = int(sys.stdin.readline())
-for _ in range(count):
-    os.close(os.open("/etc/hostname", os.O_RDONLY))
-sys.stdout.write("done\n"); sys.stdout.flush()
-sys.stdin.readline()
+for line in sys.stdin:
+    command, count = line.split()
+    for _ in range(int(count)):
+        if command == "open":
+            os.close(os.open("/etc/hostname", os.O_RDONLY))
+        else:
+            os.getpid()
+    sys.stdout.write("done\n"); sys.stdout.flush()
 """
+
+
+class Actor:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", ACTOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.pid = self.proc.pid
+
+    def do(self, command: str, count: int) -> None:
+        self.proc.stdin.write("%s %d\n" % (command, count))
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def bcc_importable() -> str | None:
@@ -301,10 +351,8 @@ def test_tracepoint_from_source_counts_openat(kernel_headers, playbook, tmp_path
     source.write_text(OPENAT_SOURCE)
     name = "%s-openat" % tag
     cleanup_names.append(name)
-    opener = subprocess.Popen([sys.executable, "-c", OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    opener = Actor()
     try:
-        assert opener.stdout.readline().strip() == "ready"
         result = playbook([task(TRACEPOINT, "openat", name=name, source=str(source),
                                 cflags=["-DTARGET_TGID=%d" % opener.pid],
                                 tracepoint="syscalls/sys_enter_openat")])["openat"]
@@ -316,16 +364,54 @@ def test_tracepoint_from_source_counts_openat(kernel_headers, playbook, tmp_path
         links = [link for link in hx.bpftool_json("link", "show") if link.get("prog_id") == prog["id"]]
         assert len(links) == 1 and links[0]["type"] == "perf_event"
         assert seen_value(pin) == 0
-        opener.stdin.write("25\n")
-        opener.stdin.flush()
-        assert opener.stdout.readline().strip() == "done"
+        opener.do("open", 25)
         assert seen_value(pin) == 25, "exactly the opener's 25 openat calls are counted"
     finally:
-        opener.kill()
-        opener.wait()
+        opener.stop()
     removed = playbook([task(TRACEPOINT, "gone", name=name, state="absent")])["gone"]
     assert removed["changed"] and not (MAPS / name).exists()
     assert not [link for link in hx.bpftool_json("link", "show") if link.get("prog_id") == prog["id"]]
+
+
+def test_uprobe_from_source_counts_libc_calls_of_one_process(kernel_headers, playbook, tmp_path, tag,
+                                                             cleanup_names):
+    source = tmp_path / "getpid.c"
+    source.write_text(UPROBE_SOURCE)
+    name = "%s-getpid" % tag
+    cleanup_names.append(name)
+    actor = Actor()
+    try:
+        result = playbook([task(UPROBE, "uprobe", name=name, source=str(source), target="libc", function="getpid",
+                                pid=actor.pid)])["uprobe"]
+        prog = result["program"]
+        assert result["changed"] and prog["source"] == str(source) and prog["bpf_function_name"] == "count_getpid"
+        links = [link for link in hx.bpftool_json("link", "show") if link.get("prog_id") == prog["id"]]
+        assert len(links) == 1 and links[0]["type"] == "perf_event"
+        actor.do("getpid", 7)
+        assert seen_value(MAPS / name / "calls") == 7
+    finally:
+        actor.stop()
+
+
+def test_tc_program_from_source_and_check_mode(kernel_headers, veth, playbook, tmp_path, tag, cleanup_names):
+    source = tmp_path / "tc.c"
+    source.write_text(TC_DROP_SOURCE)
+    name = "%s-tc" % tag
+    cleanup_names.append(name)
+    hx.pin_neighbour(veth)
+
+    def tc(verdict: str, check: bool = False) -> dict:
+        return playbook([task(TC, "tc", name=name, source=str(source), cflags=["-DVERDICT=%s" % verdict],
+                              interface=veth.name, direction="ingress", priority=5)], check=check, diff=True)["tc"]
+
+    state = host_state()
+    predicted = tc("TC_ACT_SHOT", check=True)
+    assert predicted["changed"] and predicted["changes"] == ["loaded"]
+    assert host_state() == state, "check mode compiles but changes nothing"
+    assert tc("TC_ACT_SHOT")["changed"]
+    assert not veth.ping(count=2, timeout=0.5), "TC_ACT_SHOT on ingress stops the replies"
+    assert tc("TC_ACT_OK")["changed"]
+    assert veth.ping(count=2)
 
 
 # --- failures: the host stays as it was --------------------------------------------------------
