@@ -112,8 +112,34 @@ run_gate() {  # name command...
     echo "quality: $name ${result[$name]} (${seconds[$name]}s)"
 }
 
+# ansible-test --venv bootstraps pip with a script it downloads from ci-files.testing.ansible.com
+# (unreachable from here). It looks in its cache first: a stand-in there installs pip with
+# ensurepip, then the pinned packages ansible-test asks for, from the usual package index.
+get_pip_standin() {  # venv
+    local version cache
+    version=$("$1/bin/python" -c 'import re, ansible_test, os.path as p
+src = open(p.join(p.dirname(ansible_test.__file__), "_internal", "python_requirements.py")).read()
+print(re.search(r"default_packages = dict\(\s*pip=.([0-9.]+).", src).group(1))') || return 1
+    cache=~/.ansible/test/cache/get_pip_${version//./_}.py
+    [ -f "$cache" ] && return 0
+    mkdir -p "$(dirname "$cache")"
+    cat >"$cache" <<'PY'
+# Stand-in for get-pip.py (written by bpfd.core's scripts/quality.sh): pip from ensurepip,
+# then the requirements ansible-test passes (pip==X ...), without get-pip's own flags.
+import ensurepip
+import subprocess
+import sys
+
+ensurepip.bootstrap(upgrade=True)
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+if any(not a.startswith("-") for a in args):
+    subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)
+PY
+}
+
 sanity() {  # venv
     local env=$1
+    get_pip_standin "$env" || return 1
     (
         cd "$tree" || exit 1
         PATH="$env/bin:$PATH" "$env/bin/ansible-test" sanity --venv --python "$py_version" --color no

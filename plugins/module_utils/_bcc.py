@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
+from ansible_collections.bpfd.core.plugins.module_utils import _attach_trace
 from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
 from ansible_collections.bpfd.core.plugins.module_utils import _object_writer
 from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
@@ -42,7 +43,9 @@ KHEADERS = "/sys/kernel/kheaders.tar.xz"
 MAX_ERROR_LINES = 12
 # Kinds whose section does not depend on where they attach.
 _FIXED_SECTIONS = {"xdp": "xdp", "tc": "tc"}
-_DIAGNOSTIC = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): (?P<level>fatal error|error|warning|note): ")
+_DIAGNOSTIC = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<level>fatal error|error|warning|note): ")
+# clang's last line: "2 errors generated.", "1 warning and 3 errors generated."
+_SUMMARY = re.compile(r"^\d+ (warnings? and \d+ )?errors? generated\.$")
 
 
 class BccMissing(BpfdError):
@@ -79,6 +82,8 @@ def section_for(kind: str, attach: dict | None) -> str:
     attach = attach or {}
     if kind in _FIXED_SECTIONS:
         return _FIXED_SECTIONS[kind]
+    if kind in _attach_trace.KINDS:
+        _attach_trace.check_spec(kind, attach)  # before a compile, not after
     if kind == "tracepoint":
         return "tracepoint/%s" % attach.get("tracepoint")
     if kind in ("kprobe", "uprobe"):
@@ -141,8 +146,9 @@ def headers_problem(release: str | None = None, modules_dir: str = "/lib/modules
 def compile_error(stderr: str, source_path: str) -> str:
     """bcc's compiler output, trimmed for a task result: the first error first, then
     its context, file names as the operator knows them."""
+    # "sh: 1: modprobe: not found": bcc trying to load the kheaders module
     lines = [line.replace(BCC_MAIN_FILE, source_path) for line in stderr.splitlines()
-             if line.strip() and not line.startswith("sh: ") and "modprobe" not in line]
+             if line.strip() and not line.startswith("sh: ")]
     if any("Unable to find kernel headers" in line for line in lines):
         return headers_problem() or "bcc found no kernel headers"
     first = next((i for i, line in enumerate(lines)
@@ -151,7 +157,7 @@ def compile_error(stderr: str, source_path: str) -> str:
     if first is None:
         return "; ".join(lines[-MAX_ERROR_LINES:]) or "bcc could not compile the source (no compiler message)"
     shown = lines[first:first + MAX_ERROR_LINES]
-    summary = next((line for line in lines if re.match(r"^\d+ errors? generated\.$", line)), None)
+    summary = next((line for line in lines if _SUMMARY.match(line)), None)
     if summary and summary not in shown:
         shown.append(summary)
     return "\n".join(shown)
@@ -201,7 +207,7 @@ def _choose_function(functions: list[str], function: str | None, source_path: st
         source_path, "several functions (%s)" % ", ".join(functions) if functions else "no functions"))
 
 
-def _bcc_module(bcc, text: bytes, cflags: list[str], source_path: str, scratch: str):
+def _bcc_module(bcc, text: bytes, cflags: list[str], source_path: str):
     """bcc's compiled module (its maps exist, nothing is attached)."""
 
     class Compiled(bcc.BPF):
@@ -209,15 +215,15 @@ def _bcc_module(bcc, text: bytes, cflags: list[str], source_path: str, scratch: 
             """bcc attaches kprobe__*/tracepoint__* functions on its own; we attach."""
 
     flags = list(cflags) + ["-I%s" % os.path.dirname(source_path)]
-    log = os.path.join(scratch, "bcc.log")
-    try:
-        with _stderr_to(log):
-            return Compiled(text=text, cflags=flags)
-    except Exception as exc:
-        with open(log, errors="replace") as handle:
-            message = compile_error(handle.read(), source_path)
-        raise BpfdError("bcc could not compile %s:\n%s" % (source_path, message), path=source_path,
-                        bcc_error=str(exc))
+    with tempfile.NamedTemporaryFile(prefix="bpfd-bcc-", suffix=".log") as log:
+        try:
+            with _stderr_to(log.name):
+                return Compiled(text=text, cflags=flags)
+        except Exception as exc:
+            log.seek(0)
+            message = compile_error(log.read().decode(errors="replace"), source_path)
+            raise BpfdError("bcc could not compile %s:\n%s" % (source_path, message), path=source_path,
+                            bcc_error=str(exc))
 
 
 def compile_object(text: bytes, cflags: list[str], *, source_path: str, function: str | None,
@@ -228,7 +234,7 @@ def compile_object(text: bytes, cflags: list[str], *, source_path: str, function
     problem = headers_problem()
     if problem:
         raise BpfdError(problem, path=source_path)
-    compiled = _bcc_module(bcc, text, cflags, source_path, os.path.dirname(out_path))
+    compiled = _bcc_module(bcc, text, cflags, source_path)
     try:
         functions = _functions(bcc, compiled)
         chosen = _choose_function(functions, function, source_path)

@@ -75,6 +75,15 @@ def test_get_of_a_file_tc_program_with_globals_and_metadata():
     assert " BTF ID:                           None\n" in text
 
 
+def test_get_of_a_program_from_source_shows_source_and_cflags():
+    facts = dict(TUTORIAL_FACTS, image_url=None, path="/etc/bpfd/verdict.c", source="/etc/bpfd/verdict.c",
+                 cflags=["-DVERDICT=1", "-I/opt/inc"])
+    text = _bpfctl.format_get(facts)
+    assert " Source:        /etc/bpfd/verdict.c\n Cflags:        -DVERDICT=1\n                -I/opt/inc\n" in text
+    assert "\n Path:" not in text and "Image URL" not in text
+    assert " Cflags:        None\n" in _bpfctl.format_get(dict(facts, cflags=[]))
+
+
 def test_get_without_the_kernel_view_says_why():
     facts = {k: v for k, v in TUTORIAL_FACTS.items()
              if k not in ("tag", "kernel_name", "prog_type", "loaded_at", "map_ids", "btf_id")}

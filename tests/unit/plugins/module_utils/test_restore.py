@@ -130,6 +130,37 @@ def test_spec_refuses_bytecode_that_is_not_the_declared_one(tmp_path):
         spec_for("p", entry)
 
 
+def test_source_program_loads_its_compiled_object_and_keeps_the_source_identity(tmp_path):
+    obj = tmp_path / "digest.o"
+    obj.write_bytes(b"\x7fELF-compiled-by-bcc")
+    source = tmp_path / "verdict.c"
+    source.write_text("int verdict(struct xdp_md *ctx) { return XDP_PASS; }\n")
+    facts = {"path": str(source), "cflags": ["-DX=1"], "object_sha256": hashlib.sha256(obj.read_bytes()).hexdigest()}
+    entry = xdp("eth0", 5, sha256="d" * 64, bytecode=str(obj), path=str(source), source=facts)
+    spec = spec_for("src", entry)
+    # the object from the store is loaded; the identity stays the source's digest, not the file's
+    assert (spec.bytecode, spec.path, spec.sha256, spec.source) == (str(obj), str(source), "d" * 64, facts)
+
+
+def test_source_program_whose_compiled_object_changed_is_refused_not_recompiled(tmp_path):
+    obj = tmp_path / "digest.o"
+    obj.write_bytes(b"\x7fELF-tampered")
+    source = tmp_path / "verdict.c"
+    source.write_text("/* C */\n")
+    entry = xdp("eth0", 5, sha256="d" * 64, bytecode=str(obj), path=str(source),
+                source={"path": str(source), "cflags": [], "object_sha256": "0" * 64})
+    with pytest.raises(BpfdError, match="neither in the store"):
+        spec_for("src", entry)
+
+
+def test_object_spec_has_no_source_identity(tmp_path):
+    obj = tmp_path / "abc.o"
+    obj.write_bytes(b"\x7fELF")
+    entry = xdp("eth0", 1, sha256=hashlib.sha256(obj.read_bytes()).hexdigest(), bytecode=str(obj))
+    spec = spec_for("p", entry)
+    assert (spec.sha256, spec.source) == (None, None)
+
+
 # --- execution: pending and failed never stop the rest -----------------------------------------
 
 class FakeManager:
