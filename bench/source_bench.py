@@ -139,12 +139,10 @@ def main() -> int:
                             section="xdp", out_path=str(stored))
         playbook = bench_playbook(tmp, str(stored))
     print("host side, median of %d rounds (module_utils, one XDP program with one map):" % args.rounds)
-    print("  from source, compiled:   %7.1f ms  (bcc compile alone %.1f ms)" % (host["source_ms"],
-                                                                                  host["compile_only_ms"]))
-    print("  from .o (same object):   %7.1f ms  -> source/.o = %.1fx" % (host["object_ms"],
-                                                                          host["source_ms"] / host["object_ms"]))
-    print("  no-op (source unchanged): %6.1f ms  -> no-op/.o = %.2fx" % (host["noop_ms"],
-                                                                          host["noop_ms"] / host["object_ms"]))
+    source_ms, object_ms, noop_ms = host["source_ms"], host["object_ms"], host["noop_ms"]
+    print("  from source, compiled:   %7.1f ms  (bcc compile alone %.1f ms)" % (source_ms, host["compile_only_ms"]))
+    print("  from .o (same object):   %7.1f ms  -> source/.o = %.1fx" % (object_ms, source_ms / object_ms))
+    print("  no-op (source unchanged): %6.1f ms  -> no-op/.o = %.2fx" % (noop_ms, noop_ms / object_ms))
     print("ansible-playbook, one task (wall, Ansible included):")
     print("  source: %.2f s, re-run %.2f s; .o: %.2f s, re-run %.2f s" % (
         playbook["playbook_source_s"], playbook["playbook_source_noop_s"], playbook["playbook_object_s"],

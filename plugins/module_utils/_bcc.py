@@ -105,15 +105,15 @@ def source_digest(text: bytes, cflags: list[str], function: str | None, section:
 
 def read_source(path: str) -> bytes:
     if not os.path.isabs(path):
-        raise BpfdError("source %s must be an absolute path on the managed host" % path, path=path)
+        raise BpfdError("source %s must be an absolute path on the managed host" % path, source=path)
     if not os.path.exists(path):
-        raise BpfdError("source file %s does not exist on the managed host" % path, path=path)
+        raise BpfdError("source file %s does not exist on the managed host" % path, source=path)
     if not os.path.isfile(path):
-        raise BpfdError("source %s is not a regular file" % path, path=path)
+        raise BpfdError("source %s is not a regular file" % path, source=path)
     with open(path, "rb") as handle:
         data = handle.read()
     if data[:4] == b"\x7fELF":
-        raise BpfdError("source %s is an ELF object, not C source: give it as path" % path, path=path)
+        raise BpfdError("source %s is an ELF object, not C source: give it as path" % path, source=path)
     return data
 
 
@@ -222,7 +222,7 @@ def _bcc_module(bcc, text: bytes, cflags: list[str], source_path: str):
         except Exception as exc:
             log.seek(0)
             message = compile_error(log.read().decode(errors="replace"), source_path)
-            raise BpfdError("bcc could not compile %s:\n%s" % (source_path, message), path=source_path,
+            raise BpfdError("bcc could not compile %s:\n%s" % (source_path, message), source=source_path,
                             bcc_error=str(exc))
 
 
@@ -233,7 +233,7 @@ def compile_object(text: bytes, cflags: list[str], *, source_path: str, function
     bcc = import_bcc()
     problem = headers_problem()
     if problem:
-        raise BpfdError(problem, path=source_path)
+        raise BpfdError(problem, source=source_path)
     compiled = _bcc_module(bcc, text, cflags, source_path)
     try:
         functions = _functions(bcc, compiled)

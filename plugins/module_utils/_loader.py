@@ -157,6 +157,7 @@ def load_program(path: str, *, function: str | None, prog_types: Iterable[int], 
     """Open, select one function, load it alone; the caller pins and closes."""
     check_object_file(path)
     obj = libbpf.BpfObject(path, pin_root_path=map_pin_dir)
+    chosen = None
     try:
         programs = obj.programs()
         chosen = _choose(programs, function, prog_types, kind, path)
@@ -185,7 +186,7 @@ def load_program(path: str, *, function: str | None, prog_types: Iterable[int], 
         obj.close()
         if "loading the BPF object" in exc.msg:
             raise BpfdError("the kernel refused %s from %s: %s (%s)" % (
-                function or kind, path, _verifier_reason(exc.details.get("log", "")), exc.msg), **exc.details)
+                chosen.name if chosen else function or kind, path, _verifier_reason(exc.details.get("log", "")), exc.msg), **exc.details)
         raise
     except BaseException:
         obj.close()

@@ -88,6 +88,8 @@ def run(module: Any, operation: Callable[[], dict], needs_pyroute2: bool = True)
         module.fail_json(msg="unexpected error in bpfd.core: %s" % exc, exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff", None)
+    for warning in result.pop("warnings", None) or []:
+        module.warn(warning)  # a `warnings` key in the result is deprecated in ansible-core 2.19
     module.exit_json(**result)
 
 
@@ -201,8 +203,15 @@ def compiled_source(module: Any, params: dict, kind: str, attach: dict | None = 
         except _bcc.BccMissing as exc:
             module.fail_json(msg=missing_required_lib(_bcc.BCC_LIBRARY, reason="to compile source", url=_bcc.BCC_URL),
                              exception=exc.import_error)
-        yield Origin(params["source"], params["bpf_function_name"], bytecode=compiled.object_path,
-                     sha256=compiled.sha256, source=compiled.facts)
+        try:
+            yield Origin(params["source"], params["bpf_function_name"], bytecode=compiled.object_path,
+                         sha256=compiled.sha256, source=compiled.facts)
+        except BpfdError as exc:
+            # The kernel's refusal names the object; the operator knows the source.
+            if compiled.object_path not in exc.msg:
+                raise
+            raise BpfdError(exc.msg.replace(compiled.object_path, "%s (compiled by bcc)" % params["source"]),
+                            **dict({k: v for k, v in exc.details.items() if k != "path"}, source=params["source"]))
 
 
 def resolve_image(params: dict, check_mode: bool):

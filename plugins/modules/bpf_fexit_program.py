@@ -76,12 +76,28 @@ program:
       type: str
       sample: fexit
     path:
-      description: Object file the program was loaded from.
+      description:
+        - Object file the program was loaded from.
+        - For a program from O(source), the C source (the same as RV(program.source)).
       type: str
       sample: /opt/bpf/fexit_count.o
     sha256:
-      description: SHA-256 of the object file.
+      description:
+        - SHA-256 of the object file (the program's bytecode identity).
+        - For a program from O(source), the SHA-256 of the source and of how it was compiled (O(cflags),
+          the function, the program's section), not of a file; the compiled object is kept as
+          C(/var/lib/bpfd/bytecode/<sha256>.o). Headers the source includes are not part of it.
       type: str
+      sample: 16e1dcc5b8006136278d48f531c24d39d6eb0c0c5a61dc3d5263fd505276a00e
+    source:
+      description: C source the program was compiled from (O(source)); null for other origins.
+      type: str
+      sample: /opt/bpf/src/unlinks.c
+    cflags:
+      description: Compiler flags the source was compiled with (O(cflags)); null for other origins.
+      type: list
+      elements: str
+      sample: ["-DMAX_ENTRIES=1024"]
     bpf_function_name:
       description: Function loaded from the object.
       type: str

@@ -71,6 +71,37 @@ EXAMPLES = r"""
     path: /opt/bpf/tracepoint_openat.o
     tracepoint: syscalls/sys_enter_close
 
+# templates/openat.c.j2, C in bcc's dialect: openat() calls per process, optionally of one user only:
+#   BPF_HASH(opens, u32, u64, MAX_PROCESSES);
+#   TRACEPOINT_PROBE(syscalls, sys_enter_openat)
+#   {
+#       u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#       u64 zero = 0, *count;
+#   {% if openat_uid is defined %}
+#       if ((u32)bpf_get_current_uid_gid() != {{ openat_uid }})
+#           return 0;
+#   {% endif %}
+#       count = opens.lookup_or_try_init(&tgid, &zero);
+#       if (count)
+#           __sync_fetch_and_add(count, 1);
+#       return 0;
+#   }
+- name: Write the openat counter's C source on the host
+  become: true
+  ansible.builtin.template:
+    src: openat.c.j2
+    dest: /opt/bpf/src/openat.c
+    mode: "0644"
+
+- name: Compile it there with bcc and attach it; settings go in cflags (no global_data with source)
+  become: true
+  bpfd.core.bpf_tracepoint_program:
+    name: openat-by-process
+    source: /opt/bpf/src/openat.c
+    cflags: ["-DMAX_PROCESSES={{ openat_max_processes | default(4096) }}"]
+    tracepoint: syscalls/sys_enter_openat
+  register: openat  # openat.program.bpf_function_name is bcc's tracepoint__syscalls__sys_enter_openat
+
 - name: Unload
   become: true
   bpfd.core.bpf_tracepoint_program:
@@ -95,12 +126,28 @@ program:
       type: str
       sample: tracepoint
     path:
-      description: Object file the program was loaded from.
+      description:
+        - Object file the program was loaded from.
+        - For a program from O(source), the C source (the same as RV(program.source)).
       type: str
       sample: /opt/bpf/tracepoint_openat.o
     sha256:
-      description: SHA-256 of the object file.
+      description:
+        - SHA-256 of the object file (the program's bytecode identity).
+        - For a program from O(source), the SHA-256 of the source and of how it was compiled (O(cflags),
+          the function, the program's section), not of a file; the compiled object is kept as
+          C(/var/lib/bpfd/bytecode/<sha256>.o). Headers the source includes are not part of it.
       type: str
+      sample: 16e1dcc5b8006136278d48f531c24d39d6eb0c0c5a61dc3d5263fd505276a00e
+    source:
+      description: C source the program was compiled from (O(source)); null for other origins.
+      type: str
+      sample: /opt/bpf/src/openat.c
+    cflags:
+      description: Compiler flags the source was compiled with (O(cflags)); null for other origins.
+      type: list
+      elements: str
+      sample: ["-DMAX_PROCESSES=4096"]
     bpf_function_name:
       description: Function loaded from the object.
       type: str

@@ -83,6 +83,32 @@ EXAMPLES = r"""
     metadata:
       owner: netops
 
+# templates/verdict.c.j2, C in bcc's dialect, the verdict from a host variable:
+#   BPF_ARRAY(seen, u64, 1);
+#   int verdict(struct xdp_md *ctx)
+#   {
+#       int key = 0;
+#       u64 *count = seen.lookup(&key);
+#       if (count)
+#           __sync_fetch_and_add(count, 1);
+#       return {{ 'XDP_PASS' if xdp_verdict == 'pass' else 'XDP_DROP' }};
+#   }
+- name: Write the verdict program's C source on the host
+  become: true
+  ansible.builtin.template:
+    src: verdict.c.j2
+    dest: /opt/bpf/src/verdict.c
+    mode: "0644"
+
+- name: Compile it there with bcc and run it at priority 20 (compiled and swapped in again only when the source changes)
+  become: true
+  bpfd.core.bpf_xdp_program:
+    name: verdict
+    source: /opt/bpf/src/verdict.c
+    interface: eth1
+    priority: 20
+  register: verdict  # verdict.program.source, .cflags; .sha256 identifies the source as compiled
+
 - name: Unload by name
   become: true
   bpfd.core.bpf_xdp_program:
@@ -113,12 +139,28 @@ program:
       type: str
       sample: xdp
     path:
-      description: Object file the program was loaded from.
+      description:
+        - Object file the program was loaded from.
+        - For a program from O(source), the C source (the same as RV(program.source)).
       type: str
       sample: /opt/bpf/xdp_pass_kern.o
     sha256:
-      description: SHA-256 of the object file.
+      description:
+        - SHA-256 of the object file (the program's bytecode identity).
+        - For a program from O(source), the SHA-256 of the source and of how it was compiled (O(cflags),
+          the function, the program's section), not of a file; the compiled object is kept as
+          C(/var/lib/bpfd/bytecode/<sha256>.o). Headers the source includes are not part of it.
       type: str
+      sample: 16e1dcc5b8006136278d48f531c24d39d6eb0c0c5a61dc3d5263fd505276a00e
+    source:
+      description: C source the program was compiled from (O(source)); null for other origins.
+      type: str
+      sample: /opt/bpf/src/verdict.c
+    cflags:
+      description: Compiler flags the source was compiled with (O(cflags)); null for other origins.
+      type: list
+      elements: str
+      sample: ["-DVERDICT=XDP_DROP"]
     bpf_function_name:
       description: Function loaded from the object.
       type: str

@@ -417,8 +417,8 @@ def test_tc_program_from_source_and_check_mode(kernel_headers, veth, playbook, t
 # --- failures: the host stays as it was --------------------------------------------------------
 
 
-def test_syntax_error_returns_the_compiler_message_and_changes_nothing(kernel_headers, veth, playbook,
-                                                                      tmp_path, tag):
+def test_syntax_error_returns_the_compiler_message_and_changes_nothing(
+        kernel_headers, veth, playbook, tmp_path, tag):
     source = tmp_path / "broken.c"
     source.write_text(SYNTAX_ERROR_SOURCE)
     state = host_state()
@@ -432,6 +432,20 @@ def test_syntax_error_returns_the_compiler_message_and_changes_nothing(kernel_he
     assert len(lines) <= 15
     assert host_state() == state
     assert veth.xdp_programs() == []
+
+
+def test_verifier_refusal_names_the_source_and_changes_nothing(kernel_headers, veth, playbook, tmp_path, tag):
+    """bcc compiles a global variable into an unresolved load; the verifier refuses it."""
+    source = tmp_path / "global.c"
+    source.write_text("int counter;\nint with_global(struct xdp_md *ctx) { counter++; return XDP_PASS; }\n")
+    state = host_state()
+    result = playbook([task(XDP, "global", name="%s-global" % tag, source=str(source), interface=veth.name,
+                            priority=5)], expect_failure=True)["global"]
+    assert result["_failed"] and result["msg"].startswith("the kernel refused with_global from %s (compiled by bcc)"
+                                                          % source), result["msg"]
+    assert "/tmp/bpfd-bcc-" not in result["msg"] and result["source"] == str(source)
+    assert "owner" not in result, "no file attributes of a path in the failure"
+    assert host_state() == state
 
 
 def test_host_without_kernel_headers_fails_clearly_and_changes_nothing(kernel_headers, veth, collections_path,
@@ -452,7 +466,7 @@ def test_host_without_kernel_headers_fails_clearly_and_changes_nothing(kernel_he
     script = "mount -t tmpfs bpfd-no-headers /lib/modules && exec %s -i %s %s" % (
         os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), tmp_path / "hosts", tmp_path / "play.yml")
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=300, check=False,
                           env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path), ANSIBLE_NOCOLOR="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())

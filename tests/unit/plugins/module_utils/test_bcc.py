@@ -129,7 +129,7 @@ def test_read_source_refuses_missing_files(tmp_path) -> None:
     path = str(tmp_path / "missing.c")
     with pytest.raises(BpfdError, match="source file %s does not exist" % re.escape(path)) as info:
         _bcc.read_source(path)
-    assert info.value.details == {"path": path}
+    assert info.value.details == {"source": path}
 
 
 def test_read_source_refuses_directories(tmp_path) -> None:
@@ -336,6 +336,7 @@ def test_missing_bcc_is_a_bpfd_error_naming_the_package(tmp_path, monkeypatch) -
     assert info.value.import_error.startswith(("ImportError: ", "ModuleNotFoundError: "))
     assert not (tmp_path / "out.o").exists()
 
+
 TWO_MAPS = b"""\
 #include <uapi/linux/bpf.h>
 
@@ -511,7 +512,7 @@ def test_compile_object_syntax_error_and_fd2_restored(tmp_path) -> None:
     assert lines[0] == "bcc could not compile %s:" % source
     assert lines[1].startswith("%s:4:14: error: " % source), lines
     assert "/virtual/main.c" not in info.value.msg
-    assert info.value.details["path"] == source
+    assert info.value.details["source"] == source
 
 
 @needs_bcc

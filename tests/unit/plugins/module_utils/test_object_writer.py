@@ -13,7 +13,6 @@ every instruction index is known.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -117,7 +116,8 @@ def encode(insns: list[Insn]) -> bytes:
     return b"".join(insn.encode() for insn in insns)
 
 
-def written_object(tmp_path, maps=MAPS, section="xdp", function=FUNCTION) -> tuple[str, bytes]:
+def written_object(tmp_path, maps=None, section="xdp", function=FUNCTION) -> tuple[str, bytes]:
+    maps = MAPS if maps is None else maps
     insns, relocs = symbolic(encode(program()), {FD_COUNTS: "counts", FD_SEEN: "seen"})
     path = str(tmp_path / "prog.o")
     write_object(path, section=section, function=function, insns=insns, relocs=relocs, maps=maps)
@@ -229,7 +229,7 @@ def test_llvm_objdump_shows_function_and_map_relocations(tmp_path) -> None:
     assert relocations == [("%016x" % (index * 8), "R_BPF_64_64", name) for index, name in MAP_LOADS], out
     # every instruction slot disassembled (ld_imm64 prints as one line with both slots)
     slots = re.findall(r"^\s*(\d+):\t", out, re.M)
-    assert [int(s) for s in slots] == [i for i, _ in _insn.iter_insns(insns)]
+    assert [int(s) for s in slots] == [index for index, _insn_ in _insn.iter_insns(insns)]
     assert out.count("r1 = 0 ll") == 3
     assert out.rstrip().endswith("exit")
 
@@ -383,7 +383,7 @@ def test_round_trip_on_the_kernel(tmp_path) -> None:
     pin_dir = tmp_path / "pins"
     pin_dir.mkdir()
     packet = tmp_path / "packet.bin"
-    packet.write_bytes(bytes.fromhex("020000000001" "020000000002" "88b5") + b"bpfd" + bytes(44))
+    packet.write_bytes(bytes.fromhex("02000000000102000000000288b5") + b"bpfd" + bytes(44))
 
     loaded = _loader.load_program(path, function=None, prog_types=(libbpf.PROG_TYPE_XDP,), kind="xdp",
                                   map_pin_dir=str(pin_dir))
@@ -432,4 +432,4 @@ def test_libbpf_opens_object_with_section_type_and_map_definitions(tmp_path) -> 
         programs = obj.programs()
         assert [(p.name, p.section, p.prog_type) for p in programs] == [(FUNCTION, "tc", libbpf.PROG_TYPE_SCHED_CLS)]
         definitions = {m.name: m.definition() for m in obj.maps()}
-    assert definitions == {name: definition for name, definition in MAPS}
+    assert definitions == dict(MAPS)
