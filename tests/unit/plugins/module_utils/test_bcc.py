@@ -460,7 +460,7 @@ def test_compile_object_written_object_loads_with_libbpf(tmp_path) -> None:
     try:
         assert loaded.function == "count_packets"
         assert sorted(loaded.maps) == ["packets", "sparse"]
-        packet = bytes.fromhex("020000000001020000000002" "88b5") + bytes(50)
+        packet = bytes.fromhex("02000000000102000000000288b5") + bytes(50)
         retval, _duration = libbpf.prog_test_run(loaded.fd, packet)
         assert retval == 2  # XDP_PASS
         by_name = {m.name: m for m in loaded.obj.maps()}
