@@ -352,6 +352,8 @@ def lib() -> ctypes.CDLL:
 @contextlib.contextmanager
 def captured_messages() -> Iterator[list[str]]:
     """Collect what libbpf prints during a block (verifier logs among it)."""
+    # Ours again each time: libbcc shares libbpf.so.1 and installs its own printer.
+    lib().libbpf_set_print(_print_callback)
     start = len(_captured)
     messages: list[str] = []
     try:

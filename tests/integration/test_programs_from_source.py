@@ -448,6 +448,27 @@ def test_verifier_refusal_names_the_source_and_changes_nothing(kernel_headers, v
     assert host_state() == state
 
 
+def test_verifier_reason_survives_a_bcc_compile_in_the_same_process(kernel_headers, tmp_path):
+    """libbcc shares libbpf.so.1 and installs its own message printer when it compiles:
+    a refusal loaded after it in the same process still carries the verifier's reason."""
+    from ansible_collections.bpfd.core.plugins.module_utils import _libbpf, _loader
+    from ansible_collections.bpfd.core.plugins.module_utils._bcc import compiled_source
+    from ansible_collections.bpfd.core.plugins.module_utils._errors import BpfdError
+    from ansible_collections.bpfd.core.plugins.module_utils._state import Layout
+
+    _libbpf.lib()  # libbpf set up before bcc, as in a process that loaded programs already
+    source = tmp_path / "unbounded.c"
+    source.write_text("int unbounded(struct xdp_md *ctx) { return *(int *)(long)ctx->data; }\n")
+    layout = Layout(bpffs=str(tmp_path / "bpffs"), run_dir=str(tmp_path / "run"), lib_dir=str(tmp_path / "lib"))
+    with compiled_source(str(source), [], kind="xdp", attach=None, function=None, layout=layout) as compiled:
+        assert compiled.compiled
+        with pytest.raises(BpfdError) as refused:
+            _loader.load_program(compiled.object_path, function=None, prog_types=[_libbpf.PROG_TYPE_XDP],
+                                 kind="xdp", map_pin_dir=str(tmp_path))
+    assert "no verifier log" not in refused.value.msg
+    assert "outside of the packet" in refused.value.msg, refused.value.msg
+
+
 def test_host_without_kernel_headers_fails_clearly_and_changes_nothing(kernel_headers, veth, collections_path,
                                                                        tmp_path, tag):
     """The playbook runs in a private mount namespace whose /lib/modules is empty."""

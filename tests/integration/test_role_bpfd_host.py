@@ -18,6 +18,11 @@ What absent does with programs loaded (unload them all, foreign ones untouched),
 installed CLI restoring programs after a simulated reboot, are tested in a sandbox: the
 role's private path variables point at a temporary tree (bpffs under
 /sys/fs/bpf/bpfd-test-<rand>) with extra vars.
+
+bpfd_host_bcc runs on the host as it is (whatever it adds is taken away again unless it was
+there before), and in the sandbox with a virtualenv without bcc and an empty private modules
+directory (_bpfd_host_modules_dir): the fallback headers are linked there, never in
+/lib/modules, and bcc compiles with them in a mount namespace of its own.
 """
 
 from __future__ import annotations
@@ -479,3 +484,178 @@ def _gone(prog_id: int, timeout: float = 3.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+# --- bpfd_host_bcc --------------------------------------------------------------------
+
+KERNEL = os.uname().release
+SYSTEM_PYTHON = "/usr/bin/python3"
+TINY_PROGRAM = 'from bcc import BPF; BPF(text="int f(void *ctx){return 0;}"); print("compiled")'
+
+
+def _resolve(path: pathlib.Path) -> str | None:
+    """`readlink -e`: the directory a path resolves to, or None."""
+    proc = subprocess.run(["readlink", "-e", "--", str(path)], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _assert_headers_tree(build: pathlib.Path, source: pathlib.Path | None = None) -> str:
+    """build (and source) resolve to a kernel headers tree; returns build's target."""
+    tree = _resolve(build)
+    assert tree, "%s does not resolve" % build
+    tree_path = pathlib.Path(tree)
+    assert (tree_path / "Makefile").is_file(), tree
+    assert (tree_path / "include" / "generated" / "autoconf.h").is_file(), tree
+    if source is not None and (source.exists() or source.is_symlink()):
+        source_tree = _resolve(source)
+        assert source_tree and (pathlib.Path(source_tree) / "include" / "uapi" / "linux" / "bpf.h").is_file(), source
+    return tree
+
+
+def _compile_with_bcc(python: str, modules_dir: pathlib.Path | None = None) -> None:
+    """Compile a tiny program with bcc through `python`; with modules_dir, in a private mount
+    namespace where modules_dir is /lib/modules (the host's view is not touched)."""
+    argv = [python, "-c", TINY_PROGRAM]
+    if modules_dir is not None:
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$1" /lib/modules && shift && exec "$@"', "sh", str(modules_dir)] + argv
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, "bcc did not compile:\n%s%s" % (
+        proc.stdout, proc.stderr)
+
+
+def _bcc_available() -> None:
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import bcc"], capture_output=True, check=False).returncode:
+        pytest.skip("%s does not import bcc (python3-bpfcc/python3-bcc): the role would install it" % SYSTEM_PYTHON)
+
+
+def test_bcc_on_this_host(run_role):
+    """bpfd_host_bcc (with the fallback) on the host as it is, twice: the module interpreter
+    imports bcc, /lib/modules/<release>/build resolves to a headers tree, bcc compiles. What
+    the role adds (headers links, the venv's bcc link) is removed again unless it was there."""
+    _bcc_available()
+    modules = pathlib.Path("/lib/modules") / KERNEL
+    links = [modules / "build", modules / "source"]
+    venv_link = pathlib.Path(subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True).stdout.strip()) / "bcc"
+    before = {path: path.is_symlink() or path.exists() for path in links + [venv_link]}
+    modules_existed = modules.exists()
+    try:
+        extra = {"bpfd_host_bcc": True, "bpfd_host_bcc_headers_fallback": True}
+        first = run_role(extra)
+        _assert_ok(first)
+        second = run_role(extra)
+        _assert_ok(second)
+        assert second.changed == 0, "second run changed something:\n" + second.output
+        check = run_role(extra, check=True)
+        _assert_ok(check)
+        assert check.changed == 0, check.output
+
+        proc = subprocess.run([sys.executable, "-c", "import bcc; print(bcc.__file__)"], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        if not pathlib.Path("/sys/kernel/kheaders.tar.xz").exists():
+            _assert_headers_tree(modules / "build", modules / "source")
+        _compile_with_bcc(sys.executable)
+    finally:
+        for path, existed in before.items():
+            if not existed and path.is_symlink():
+                path.unlink()
+        if not modules_existed and modules.is_dir() and not any(modules.iterdir()):
+            modules.rmdir()
+
+
+def _apt_has(package: str) -> bool:
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", package], capture_output=True, text=True,
+                          check=False)
+    return proc.returncode == 0 and ("Package: %s" % package) in proc.stdout
+
+
+def _venv_without_bcc(root: pathlib.Path) -> str:
+    """A virtualenv of the system interpreter that imports pyroute2 (through a .pth that
+    names a directory holding only a link to the test venv's pyroute2) but not bcc, so the
+    role must link bcc into it and installs nothing with pip."""
+    venv = root / "venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    purelib = pathlib.Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                          capture_output=True, text=True, check=True).stdout.strip())
+    import pyroute2
+    deps = root / "deps"
+    deps.mkdir()
+    (deps / "pyroute2").symlink_to(pathlib.Path(pyroute2.__file__).parent, target_is_directory=True)
+    (purelib / "bpfd-test-deps.pth").write_text(str(deps) + "\n")
+    subprocess.run([python, "-c", "import pyroute2"], check=True)
+    assert subprocess.run([python, "-c", "import bcc"], capture_output=True, check=False).returncode != 0
+    return python
+
+
+def test_bcc_sandbox_links_bcc_into_a_venv_and_falls_back_to_other_headers(run_role, sandbox):
+    """A virtualenv without bcc and a kernel without headers (the role's private modules
+    directory is a temporary one): without the fallback the role says what to do; a dangling
+    build link is never replaced; with the fallback it links the distribution's bcc into the
+    venv and build/source to linux-headers-<arch>, idempotently and check-mode safe, and bcc
+    compiles with them (in a mount namespace where that directory is /lib/modules)."""
+    _bcc_available()
+    if shutil.which("apt-cache") is None or shutil.which("unshare") is None:
+        pytest.skip("needs a Debian-family host (apt-cache) and unshare")
+    if _apt_has("linux-headers-%s" % KERNEL):
+        pytest.skip("the archive has linux-headers-%s: the fallback path is not taken here" % KERNEL)
+    generic = subprocess.run(["dpkg-query", "--show", "--showformat=${Status}", "linux-headers-amd64"],
+                             capture_output=True, text=True, check=False)
+    if os.uname().machine != "x86_64" or "install ok installed" not in generic.stdout:
+        pytest.skip("the fallback headers (linux-headers-amd64) are not installed: the role would download them")
+    root = sandbox["root"]
+    python = _venv_without_bcc(root)
+    modules = root / "modules"
+    kernel_dir = modules / KERNEL
+    extra = dict(sandbox["vars"], bpfd_host_python=python, bpfd_host_install_oras=False, bpfd_host_pip_packages=[],
+                 bpfd_host_bcc=True, _bpfd_host_modules_dir=str(modules),
+                 _bpfd_host_kheaders=str(root / "no-kheaders.tar.xz"))
+
+    refused = run_role(extra)
+    assert refused.rc != 0 and refused.failed == 1
+    assert "bcc finds no headers for kernel %s" % KERNEL in refused.output
+    assert "bpfd_host_bcc_headers_fallback=true" in refused.output
+    assert not kernel_dir.exists()
+
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "build").symlink_to("/nonexistent/headers")
+    with_fallback = dict(extra, bpfd_host_bcc_headers_fallback=True)
+    dangling = run_role(with_fallback)
+    assert dangling.rc != 0 and dangling.failed == 1
+    assert "The role never replaces it" in dangling.output, dangling.output
+    assert os.readlink(kernel_dir / "build") == "/nonexistent/headers"
+    shutil.rmtree(kernel_dir)
+
+    first = run_role(with_fallback)
+    _assert_ok(first)
+    assert "now compiles with the headers of" in first.output
+    second = run_role(with_fallback)
+    _assert_ok(second)
+    assert second.changed == 0, "second run changed something:\n" + second.output
+    check = run_role(with_fallback, check=True)
+    _assert_ok(check)
+    assert check.changed == 0, check.output
+
+    # The venv imports the distribution's bcc through a link in its site-packages.
+    system_bcc = subprocess.run([SYSTEM_PYTHON, "-c", "import bcc, os; print(os.path.dirname(bcc.__file__))"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    found = subprocess.run([python, "-c", "import bcc, os; print(os.path.dirname(os.path.realpath(bcc.__file__)))"],
+                           capture_output=True, text=True, check=False)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == os.path.realpath(system_bcc)
+    # build and source: links to the generic package's trees.
+    tree = _assert_headers_tree(kernel_dir / "build", kernel_dir / "source")
+    assert (kernel_dir / "build").is_symlink() and (kernel_dir / "source").is_symlink()
+    assert tree == _resolve(pathlib.Path("/lib/modules") / _generic_release("linux-headers-amd64") / "build")
+    _compile_with_bcc(python, modules)
+
+
+def _generic_release(meta: str) -> str:
+    depends = subprocess.run(["dpkg-query", "--show", "--showformat=${Depends}", meta], capture_output=True,
+                             text=True, check=True).stdout
+    match = re.search(r"linux-headers-(\S+)", depends)
+    assert match, depends
+    return match.group(1)
