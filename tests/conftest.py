@@ -15,6 +15,7 @@ subprocesses find ``bpfd.core`` there). More fixtures live in their own files.
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import pathlib
 import shutil
@@ -70,3 +71,53 @@ def collections_path() -> pathlib.Path:
     Already first in ``ANSIBLE_COLLECTIONS_PATH`` for every subprocess.
     """
     return COLLECTIONS_PATH
+
+
+# --- bcc (programs from C source) ---------------------------------------------------------
+
+
+def bcc_importable() -> str | None:
+    try:
+        import bcc  # noqa: F401  pylint: disable=unused-import
+    except Exception as exc:  # ImportError, or OSError without libbcc
+        return "%s: %s" % (type(exc).__name__, exc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def kernel_headers():
+    """Headers bcc finds at /lib/modules/$(uname -r)/build: when the running kernel has none
+    (a custom build, as here), Debian's linux-headers tree is linked there for the module's
+    tests; what this creates goes again. Skips when bcc is not importable."""
+    problem = bcc_importable()
+    if problem:
+        pytest.skip("bcc is not importable by %s (apt-get install python3-bpfcc; scripts/bootstrap.sh links "
+                    "it into the venv): %s" % (sys.executable, problem))
+    release = os.uname().release
+    modules = pathlib.Path("/lib/modules") / release
+    build = modules / "build"
+    created = []
+    if not build.exists():
+        trees = sorted(glob.glob("/usr/src/linux-headers-*-amd64")) or sorted(glob.glob("/usr/src/linux-headers-*"))
+        trees = [t for t in trees if not t.endswith("-common") and os.path.isdir(t)]
+        if not trees:
+            pytest.skip("no kernel headers for bcc (apt-get install linux-headers-amd64)")
+        if build.is_symlink():
+            pytest.skip("%s is a dangling link (to %s): not replaced by a test" % (build, os.readlink(build)))
+        if not modules.exists():
+            modules.mkdir(parents=True)
+            created.append(modules)
+        build.symlink_to(trees[-1])
+        created.append(build)
+        common = trees[-1].rsplit("-", 1)[0] + "-common"
+        if os.path.isdir(common) and not (modules / "source").exists():
+            (modules / "source").symlink_to(common)
+            created.append(modules / "source")
+    try:
+        yield str(build)
+    finally:
+        for path in reversed(created):
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)

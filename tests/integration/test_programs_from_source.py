@@ -19,11 +19,9 @@ headers: the `kernel_headers` fixture links Debian's linux-headers tree as
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -148,51 +146,6 @@ class Actor:
         self.proc.wait()
 
 
-def bcc_importable() -> str | None:
-    try:
-        import bcc  # noqa: F401  pylint: disable=unused-import
-    except Exception as exc:  # ImportError, or OSError without libbcc
-        return "%s: %s" % (type(exc).__name__, exc)
-    return None
-
-
-@pytest.fixture(scope="module")
-def kernel_headers():
-    """Headers bcc finds at /lib/modules/$(uname -r)/build; what this creates goes again."""
-    problem = bcc_importable()
-    if problem:
-        pytest.skip("bcc is not importable by %s (apt-get install python3-bpfcc; scripts/bootstrap.sh links "
-                    "it into the venv): %s" % (sys.executable, problem))
-    release = os.uname().release
-    modules = pathlib.Path("/lib/modules") / release
-    build = modules / "build"
-    created = []
-    if not build.exists():
-        trees = sorted(glob.glob("/usr/src/linux-headers-*-amd64")) or sorted(glob.glob("/usr/src/linux-headers-*"))
-        trees = [t for t in trees if not t.endswith("-common") and os.path.isdir(t)]
-        if not trees:
-            pytest.skip("no kernel headers for bcc (apt-get install linux-headers-amd64)")
-        if not modules.exists():
-            modules.mkdir(parents=True)
-            created.append(modules)
-        if build.is_symlink():
-            build.unlink()
-        build.symlink_to(trees[-1])
-        created.append(build)
-        common = trees[-1].rsplit("-", 1)[0] + "-common"
-        if os.path.isdir(common) and not (modules / "source").exists():
-            (modules / "source").symlink_to(common)
-            created.append(modules / "source")
-    try:
-        yield str(build)
-    finally:
-        for path in reversed(created):
-            if path.is_symlink():
-                path.unlink()
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture
 def tag():
     return "src%s" % uuid.uuid4().hex[:6]
@@ -224,8 +177,16 @@ def seen_value(pin: pathlib.Path) -> int:
 
 
 def host_state() -> dict:
-    """What must not change when a task fails: kernel objects, pins, state, declaration, store."""
+    """What must not change when a task fails: kernel objects, pins, state, declaration, store.
+    Taken once two reads agree: programs an earlier test unloaded leave the kernel's list a
+    moment after their last reference goes."""
     snap = kernel_snapshot()
+    for _ in range(50):
+        time.sleep(0.1)
+        again = kernel_snapshot()
+        if again == snap:
+            break
+        snap = again
     snap["declared"] = DECLARED.read_text() if DECLARED.exists() else None
     snap["store"] = sorted(p.name for p in BYTECODE_STORE.iterdir()) if BYTECODE_STORE.exists() else []
     return snap

@@ -372,12 +372,11 @@ int broken(struct xdp_md *ctx) {
 """
 
 
-def kernel_ready() -> None:
+@pytest.fixture
+def compiler(kernel_headers) -> None:
+    """bcc and the kernel headers it compiles with (tests/conftest.py); root, as bcc creates maps."""
     if os.geteuid() != 0:
         pytest.skip("bcc creates maps: needs root")
-    problem = _bcc.headers_problem()
-    if problem:
-        pytest.skip(problem)
 
 
 def need(tool: str) -> str:
@@ -429,8 +428,7 @@ def fd2_identity() -> tuple[int, int]:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_keeps_only_the_maps_the_function_uses(tmp_path) -> None:
-    kernel_ready()
+def test_compile_object_keeps_only_the_maps_the_function_uses(tmp_path, compiler) -> None:
     chosen, out, _source = compile_to(tmp_path, TWO_MAPS)
     assert chosen == "count_packets"
     assert map_definitions(out) == {
@@ -449,11 +447,10 @@ def test_compile_object_keeps_only_the_maps_the_function_uses(tmp_path) -> None:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_written_object_loads_with_libbpf(tmp_path) -> None:
+def test_compile_object_written_object_loads_with_libbpf(tmp_path, compiler) -> None:
     """What bcc compiled, loaded again from our object: maps as bcc defined them."""
     from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
     from ansible_collections.bpfd.core.plugins.module_utils import _loader
-    kernel_ready()
     _chosen, out, _source = compile_to(tmp_path, TWO_MAPS)
     loaded = _loader.load_program(out, function=None, prog_types=(libbpf.PROG_TYPE_XDP,), kind="xdp",
                                   map_pin_dir=str(tmp_path))
@@ -475,8 +472,7 @@ def test_compile_object_written_object_loads_with_libbpf(tmp_path) -> None:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_several_functions_need_a_name(tmp_path) -> None:
-    kernel_ready()
+def test_compile_object_several_functions_need_a_name(tmp_path, compiler) -> None:
     with pytest.raises(BpfdError) as info:
         compile_to(tmp_path, SEVERAL)
     assert re.search(r"defines several functions \((first_fn, second_fn|second_fn, first_fn)\): "
@@ -492,8 +488,7 @@ def test_compile_object_several_functions_need_a_name(tmp_path) -> None:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_unknown_function(tmp_path) -> None:
-    kernel_ready()
+def test_compile_object_unknown_function(tmp_path, compiler) -> None:
     with pytest.raises(BpfdError, match=r"function nope not found in .*prog\.c; it has: .*first_fn"):
         compile_to(tmp_path, SEVERAL, function="nope")
 
@@ -501,8 +496,7 @@ def test_compile_object_unknown_function(tmp_path) -> None:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_syntax_error_and_fd2_restored(tmp_path) -> None:
-    kernel_ready()
+def test_compile_object_syntax_error_and_fd2_restored(tmp_path, compiler) -> None:
     before = fd2_identity()
     with pytest.raises(BpfdError) as info:
         compile_to(tmp_path, SYNTAX_ERROR)
@@ -518,10 +512,9 @@ def test_compile_object_syntax_error_and_fd2_restored(tmp_path) -> None:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_fd2_goes_back_where_it_was(tmp_path) -> None:
+def test_compile_object_fd2_goes_back_where_it_was(tmp_path, compiler) -> None:
     """Writes to fd 2 after a compile (failed and successful) reach the original
     stderr, not bcc's log."""
-    kernel_ready()
     mine = tmp_path / "my-stderr"
     saved = os.dup(2)
     try:
@@ -568,8 +561,7 @@ def sha256_of(path: str) -> str:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compiled_source_compiles_then_finds_the_stored_object(tmp_path, layout) -> None:
-    kernel_ready()
+def test_compiled_source_compiles_then_finds_the_stored_object(tmp_path, layout, compiler) -> None:
     assert layout.bytecode_dir == str(tmp_path / "lib" / "bytecode")
     source = write_source(tmp_path, TWO_MAPS)
     cflags = ["-DUNUSED_FLAG=1"]
@@ -612,8 +604,7 @@ def test_compiled_source_compiles_then_finds_the_stored_object(tmp_path, layout)
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compiled_source_failure_leaves_no_scratch(tmp_path, layout) -> None:
-    kernel_ready()
+def test_compiled_source_failure_leaves_no_scratch(tmp_path, layout, compiler) -> None:
     source = write_source(tmp_path, SYNTAX_ERROR)
     with pytest.raises(BpfdError, match=r"^bcc could not compile %s:" % re.escape(source)):
         with _bcc.compiled_source(source, [], kind="xdp", attach=None, function=None, layout=layout):
