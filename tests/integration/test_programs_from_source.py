@@ -181,7 +181,7 @@ def host_state() -> dict:
     Taken once two reads agree: programs an earlier test unloaded leave the kernel's list a
     moment after their last reference goes."""
     snap = kernel_snapshot()
-    for _ in range(50):
+    for _attempt in range(50):
         time.sleep(0.1)
         again = kernel_snapshot()
         if again == snap:

@@ -156,15 +156,22 @@ def _assert_ok(run: PlaybookRun) -> None:
     assert run.rc == 0 and run.failed == 0 and run.unreachable == 0, run.output
 
 
-def test_present_is_idempotent(run_role):
-    first = run_role({"bpfd_host_state": "present"})
+def _apply_idempotently(run_role, extra: dict) -> PlaybookRun:
+    """Apply the role, again (changes nothing), and in check mode (predicts nothing);
+    returns the first run."""
+    first = run_role(extra)
     _assert_ok(first)
-    second = run_role({"bpfd_host_state": "present"})
+    second = run_role(extra)
     _assert_ok(second)
     assert second.changed == 0, "second run changed something:\n" + second.output
-    check = run_role(check=True)
+    check = run_role(extra, check=True)
     _assert_ok(check)
     assert check.changed == 0, check.output
+    return first
+
+
+def test_present_is_idempotent(run_role):
+    _apply_idempotently(run_role, {"bpfd_host_state": "present"})
 
     _assert_layout()
     assert _mounted("bpf", "/sys/fs/bpf")
@@ -543,14 +550,7 @@ def test_bcc_on_this_host(run_role):
     modules_existed = modules.exists()
     try:
         extra = {"bpfd_host_bcc": True, "bpfd_host_bcc_headers_fallback": True}
-        first = run_role(extra)
-        _assert_ok(first)
-        second = run_role(extra)
-        _assert_ok(second)
-        assert second.changed == 0, "second run changed something:\n" + second.output
-        check = run_role(extra, check=True)
-        _assert_ok(check)
-        assert check.changed == 0, check.output
+        _apply_idempotently(run_role, extra)
 
         proc = subprocess.run([sys.executable, "-c", "import bcc; print(bcc.__file__)"], capture_output=True,
                               text=True, check=False)
@@ -629,15 +629,8 @@ def test_bcc_sandbox_links_bcc_into_a_venv_and_falls_back_to_other_headers(run_r
     assert os.readlink(kernel_dir / "build") == "/nonexistent/headers"
     shutil.rmtree(kernel_dir)
 
-    first = run_role(with_fallback)
-    _assert_ok(first)
+    first = _apply_idempotently(run_role, with_fallback)
     assert "now compiles with the headers of" in first.output
-    second = run_role(with_fallback)
-    _assert_ok(second)
-    assert second.changed == 0, "second run changed something:\n" + second.output
-    check = run_role(with_fallback, check=True)
-    _assert_ok(check)
-    assert check.changed == 0, check.output
 
     # The venv imports the distribution's bcc through a link in its site-packages.
     system_bcc = subprocess.run([SYSTEM_PYTHON, "-c", "import bcc, os; print(os.path.dirname(bcc.__file__))"],
