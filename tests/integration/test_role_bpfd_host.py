@@ -501,9 +501,8 @@ TINY_PROGRAM = 'from bcc import BPF; BPF(text="int f(void *ctx){return 0;}"); pr
 
 
 def _resolve(path: pathlib.Path) -> str | None:
-    """`readlink -e`: the directory a path resolves to, or None."""
-    proc = subprocess.run(["readlink", "-e", "--", str(path)], capture_output=True, text=True, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    """What a path resolves to, or None when it does not (a dangling link)."""
+    return os.path.realpath(path) if path.exists() else None
 
 
 def _assert_headers_tree(build: pathlib.Path, source: pathlib.Path | None = None) -> str:

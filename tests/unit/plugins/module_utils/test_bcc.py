@@ -323,6 +323,8 @@ except _bcc.BccMissing as _exc:
 else:
     BCC_PROBLEM = None
 needs_bcc = pytest.mark.skipif(BCC_PROBLEM is not None, reason="bcc cannot be imported: %s" % BCC_PROBLEM)
+# bcc compiles against the running kernel's headers (the fixture in tests/conftest.py).
+compiles = pytest.mark.usefixtures("kernel_headers")
 
 
 def test_missing_bcc_is_a_bpfd_error_naming_the_package(tmp_path, monkeypatch) -> None:
@@ -370,13 +372,6 @@ int broken(struct xdp_md *ctx) {
     return XDP_PASS;
 }
 """
-
-
-@pytest.fixture
-def compiler(kernel_headers) -> None:
-    """bcc and the kernel headers it compiles with (tests/conftest.py); root, as bcc creates maps."""
-    if os.geteuid() != 0:
-        pytest.skip("bcc creates maps: needs root")
 
 
 def need(tool: str) -> str:
@@ -428,7 +423,8 @@ def fd2_identity() -> tuple[int, int]:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_keeps_only_the_maps_the_function_uses(tmp_path, compiler) -> None:
+@compiles
+def test_compile_object_keeps_only_the_maps_the_function_uses(tmp_path) -> None:
     chosen, out, _source = compile_to(tmp_path, TWO_MAPS)
     assert chosen == "count_packets"
     assert map_definitions(out) == {
@@ -447,7 +443,8 @@ def test_compile_object_keeps_only_the_maps_the_function_uses(tmp_path, compiler
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_written_object_loads_with_libbpf(tmp_path, compiler) -> None:
+@compiles
+def test_compile_object_written_object_loads_with_libbpf(tmp_path) -> None:
     """What bcc compiled, loaded again from our object: maps as bcc defined them."""
     from ansible_collections.bpfd.core.plugins.module_utils import _libbpf as libbpf
     from ansible_collections.bpfd.core.plugins.module_utils import _loader
@@ -472,7 +469,8 @@ def test_compile_object_written_object_loads_with_libbpf(tmp_path, compiler) -> 
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_several_functions_need_a_name(tmp_path, compiler) -> None:
+@compiles
+def test_compile_object_several_functions_need_a_name(tmp_path) -> None:
     with pytest.raises(BpfdError) as info:
         compile_to(tmp_path, SEVERAL)
     assert re.search(r"defines several functions \((first_fn, second_fn|second_fn, first_fn)\): "
@@ -488,7 +486,8 @@ def test_compile_object_several_functions_need_a_name(tmp_path, compiler) -> Non
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_unknown_function(tmp_path, compiler) -> None:
+@compiles
+def test_compile_object_unknown_function(tmp_path) -> None:
     with pytest.raises(BpfdError, match=r"function nope not found in .*prog\.c; it has: .*first_fn"):
         compile_to(tmp_path, SEVERAL, function="nope")
 
@@ -496,7 +495,8 @@ def test_compile_object_unknown_function(tmp_path, compiler) -> None:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_syntax_error_and_fd2_restored(tmp_path, compiler) -> None:
+@compiles
+def test_compile_object_syntax_error_and_fd2_restored(tmp_path) -> None:
     before = fd2_identity()
     with pytest.raises(BpfdError) as info:
         compile_to(tmp_path, SYNTAX_ERROR)
@@ -512,7 +512,8 @@ def test_compile_object_syntax_error_and_fd2_restored(tmp_path, compiler) -> Non
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compile_object_fd2_goes_back_where_it_was(tmp_path, compiler) -> None:
+@compiles
+def test_compile_object_fd2_goes_back_where_it_was(tmp_path) -> None:
     """Writes to fd 2 after a compile (failed and successful) reach the original
     stderr, not bcc's log."""
     mine = tmp_path / "my-stderr"
@@ -561,7 +562,8 @@ def sha256_of(path: str) -> str:
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compiled_source_compiles_then_finds_the_stored_object(tmp_path, layout, compiler) -> None:
+@compiles
+def test_compiled_source_compiles_then_finds_the_stored_object(tmp_path, layout) -> None:
     assert layout.bytecode_dir == str(tmp_path / "lib" / "bytecode")
     source = write_source(tmp_path, TWO_MAPS)
     cflags = ["-DUNUSED_FLAG=1"]
@@ -604,7 +606,8 @@ def test_compiled_source_compiles_then_finds_the_stored_object(tmp_path, layout,
 @needs_bcc
 @pytest.mark.needs_root
 @pytest.mark.integration
-def test_compiled_source_failure_leaves_no_scratch(tmp_path, layout, compiler) -> None:
+@compiles
+def test_compiled_source_failure_leaves_no_scratch(tmp_path, layout) -> None:
     source = write_source(tmp_path, SYNTAX_ERROR)
     with pytest.raises(BpfdError, match=r"^bcc could not compile %s:" % re.escape(source)):
         with _bcc.compiled_source(source, [], kind="xdp", attach=None, function=None, layout=layout):
